@@ -1,0 +1,34 @@
+import os
+
+# Tests run on the CPU with a fixed thread budget; the GPU, when present, is for benchmarks.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
+
+
+def _has(module: str) -> bool:
+    try:
+        __import__(module)
+        return True
+    except Exception:
+        return False
+
+
+HAS_TORCH = _has("torch")
+
+
+def pytest_collection_modifyitems(config, items):
+    if HAS_TORCH:
+        return
+    skip = pytest.mark.skip(reason="needs the torch extra (pip install -e '.[torch]'): peer implementation or converter")
+    for item in items:
+        if "torch" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def x64():
+    """Run the test body with 64-bit floats enabled (float64 references, finite differences)."""
+    with jax.enable_x64(True):
+        yield

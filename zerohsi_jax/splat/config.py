@@ -1,0 +1,62 @@
+"""Constants of the rasterizer, gathered in one configuration object.
+
+The defaults follow gsplat 1.5.3 (`RasterizeToPixels3DGSFwd.cu`, `_torch_impl.py`); every one of
+them is a field so that a user can match another peer (INRIA clamps alpha at 0.99, say).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+
+@dataclasses.dataclass(frozen=True)
+class RasterConfig:
+    """Static settings of `render`. Hashable, so it can be a static argument of `jax.jit`."""
+
+    tile_size: int = 16
+    """Side of the square screen tiles, in pixels."""
+    tile_capacity: int = 256
+    """Most Gaussians composited per tile; extra pairs are dropped and counted in `overflow`."""
+    pair_capacity: int | None = None
+    """Most tile-Gaussian pairs per image; None means `pairs_per_gaussian * N`."""
+    pairs_per_gaussian: float = 4.0
+    """Default pair capacity per Gaussian when `pair_capacity` is None."""
+    chunk_size: int = 32
+    """Gaussians composited per step of the per-tile loop (a speed/memory trade-off only)."""
+    eps2d: float = 0.3
+    """Low-pass filter added to the diagonal of every 2D covariance, in pixels squared."""
+    antialiased: bool = False
+    """Scale opacity by sqrt(det(cov2d) / det(cov2d + eps2d I)) (gsplat's 'antialiased' mode)."""
+    alpha_max: float = 0.999
+    """Per-Gaussian alpha clamp (gsplat 1.5.3: 0.999, INRIA and newer gsplat: 0.99)."""
+    alpha_min: float = 1.0 / 255.0
+    """Contributions with a smaller alpha are skipped; it also sets the screen extent."""
+    transmittance_min: float = 1e-4
+    """A pixel stops once its transmittance would fall to this value; that Gaussian is excluded."""
+    pixel_offset: float = 0.5
+    """Pixel (j, i) samples the image plane at (j + offset, i + offset)."""
+    clip_margin: float = 0.3
+    """Fraction of the half field of view beyond the image edge where the Jacobian is clamped."""
+    backward: str = "custom"
+    """'custom': back-to-front recomputing backward; 'autodiff': plain autodiff of the forward scan."""
+
+    def __post_init__(self):
+        if self.tile_size <= 0 or self.tile_capacity <= 0 or self.chunk_size <= 0:
+            raise ValueError("tile_size, tile_capacity and chunk_size must be positive")
+        if self.backward not in ("custom", "autodiff"):
+            raise ValueError(f"backward must be 'custom' or 'autodiff', got {self.backward!r}")
+        if not 0.0 < self.alpha_min < self.alpha_max <= 1.0:
+            raise ValueError("need 0 < alpha_min < alpha_max <= 1")
+
+    def with_capacity(self, tile_capacity: int | None = None, pair_capacity: int | None = None) -> RasterConfig:
+        """A copy with new capacities (the values `check_overflow` suggests)."""
+        return dataclasses.replace(
+            self,
+            tile_capacity=self.tile_capacity if tile_capacity is None else int(tile_capacity),
+            pair_capacity=self.pair_capacity if pair_capacity is None else int(pair_capacity),
+        )
+
+    def pairs_for(self, num_gaussians: int) -> int:
+        if self.pair_capacity is not None:
+            return int(self.pair_capacity)
+        return max(1024, int(self.pairs_per_gaussian * num_gaussians))
