@@ -32,3 +32,11 @@ def x64():
     """Run the test body with 64-bit floats enabled (float64 references, finite differences)."""
     with jax.enable_x64(True):
         yield
+
+
+@pytest.fixture
+def seed(request):
+    """A fresh seed per run (set ZEROHSI_TEST_SEED to replay one); printed so a failure names it."""
+    value = int(os.environ.get("ZEROHSI_TEST_SEED", int.from_bytes(os.urandom(4), "little")))
+    print(f"{request.node.name}: seed={value} (replay with ZEROHSI_TEST_SEED={value})")
+    return value

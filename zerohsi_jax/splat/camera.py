@@ -29,8 +29,11 @@ class Camera(eqx.Module):
     far: float = eqx.field(static=True, default=1e10)
 
     def __init__(self, viewmat, fx, fy, cx, cy, width, height, near=0.01, far=1e10):
-        self.viewmat = jnp.asarray(viewmat, dtype=jnp.result_type(float))
-        dtype = self.viewmat.dtype
+        viewmat = jnp.asarray(viewmat)
+        if not jnp.issubdtype(viewmat.dtype, jnp.floating):
+            viewmat = viewmat.astype(jnp.result_type(float))
+        self.viewmat = viewmat
+        dtype = viewmat.dtype
         self.fx = jnp.asarray(fx, dtype)
         self.fy = jnp.asarray(fy, dtype)
         self.cx = jnp.asarray(cx, dtype)

@@ -1,8 +1,9 @@
 """Front-to-back alpha compositing of binned Gaussians, tile by tile, with a recomputing backward.
 
 Pixels are laid out per tile, (tiles, tile_size^2). Each tile's Gaussians are visited in chunks of
-`chunk_size` slots; inside a chunk every (pixel, Gaussian) alpha is evaluated at once and the
-sequential transmittance is an (exclusive) cumulative product along the chunk.
+`chunk_size` slots; the slots of a chunk are unrolled one after the other, each step a fused
+elementwise pass over all (tile, pixel) pairs, and a while loop runs chunks until every tile is
+exhausted or every pixel has stopped.
 
 Per pixel, exactly as gsplat 1.5.3's forward kernel:
     sigma = 0.5 (a dx^2 + c dy^2) + b dx dy,  d = pixel centre - mean
@@ -57,69 +58,66 @@ def image_to_tiles(img: Float[Array, "H W ..."], width: int, height: int, tile_s
     return jnp.moveaxis(img, 2, 1).reshape((tiles_y * tiles_x, tile_size * tile_size) + rest)
 
 
-def _chunk_alpha(pix, means2d, conics, opacities, ids, counts, start, cfg: RasterConfig):
-    """Alphas of the chunk of slots [start, start + chunk) of every tile, for every pixel.
-
-    Returns the gathered per-slot values and alpha (T, P, B) with skipped entries set to 0."""
-    b = cfg.chunk_size
-    slot = start + jnp.arange(b)
-    in_range = slot < ids.shape[1]
+def _gather_chunk(means2d, conics, opacities, features, ids, counts, start, chunk: int):
+    """Per-tile values of the slots [start, start + chunk); slots past a tile's count get opacity 0."""
+    slot = start + jnp.arange(chunk)
     slot_ids = jnp.take(ids, jnp.clip(slot, 0, ids.shape[1] - 1), axis=1)  # (T, B)
-    slot_valid = in_range[None, :] & (slot[None, :] < counts[:, None])
-    mean = means2d[slot_ids]  # (T, B, 2)
-    conic = conics[slot_ids]  # (T, B, 3)
-    opac = opacities[slot_ids]  # (T, B)
-    dx = pix[:, :, None, 0] - mean[:, None, :, 0]  # (T, P, B)
-    dy = pix[:, :, None, 1] - mean[:, None, :, 1]
-    sigma = 0.5 * (conic[:, None, :, 0] * dx * dx + conic[:, None, :, 2] * dy * dy) + conic[:, None, :, 1] * dx * dy
+    slot_valid = slot[None, :] < jnp.minimum(counts, ids.shape[1])[:, None]
+    opac = jnp.where(slot_valid, opacities[slot_ids], 0.0)
+    return slot_ids, slot_valid, means2d[slot_ids], conics[slot_ids], opac, features[slot_ids]
+
+
+def _slot_alpha(pix, mean, conic, opac, cfg: RasterConfig):
+    """sigma, o exp(-sigma) and the kept alpha of one slot at every pixel of every tile (T, P)."""
+    dx = pix[..., 0] - mean[:, None, 0]
+    dy = pix[..., 1] - mean[:, None, 1]
+    sigma = 0.5 * (conic[:, None, 0] * dx * dx + conic[:, None, 2] * dy * dy) + conic[:, None, 1] * dx * dy
     # Clamping the exponent at 0 only changes entries that are skipped (sigma < 0) and keeps them finite.
-    vis = opac[:, None, :] * jnp.exp(-jnp.maximum(sigma, 0.0))
+    vis = opac[:, None] * jnp.exp(-jnp.maximum(sigma, 0.0))
     alpha = jnp.minimum(cfg.alpha_max, vis)
-    keep = slot_valid[:, None, :] & (sigma >= 0) & (alpha >= cfg.alpha_min)
-    return slot_ids, slot_valid, dx, dy, sigma, vis, jnp.where(keep, alpha, 0.0), keep
+    keep = (sigma >= 0) & (alpha >= cfg.alpha_min)
+    return dx, dy, sigma, vis, alpha, keep
 
 
-def _exclusive_cumprod(x, axis=-1):
-    incl = jnp.cumprod(x, axis=axis)
-    ones = jnp.ones_like(jax.lax.slice_in_dim(x, 0, 1, axis=axis))
-    return jnp.concatenate([ones, jax.lax.slice_in_dim(incl, 0, x.shape[axis] - 1, axis=axis)], axis=axis)
+def _forward_chunk(state, start, pix, means2d, conics, opacities, features, ids, counts, cfg: RasterConfig):
+    """Composite the slots [start, start + chunk) of every tile, one slot after the other.
 
-
-def _forward_chunk(state, start, pix, means2d, conics, opacities, features, ids, counts, cfg):
-    """One chunk of the front-to-back loop. `state` = (T, accumulated features, stop index, done)."""
+    The slot loop is unrolled at trace time: each step is a few fused elementwise passes over the
+    (tiles, pixels) arrays, which stay in cache; `state` = (T, accumulated features, stop index, done)."""
     trans, acc, stop, done = state
-    slot_ids, _, _, _, _, _, alpha, keep = _chunk_alpha(pix, means2d, conics, opacities, ids, counts, start, cfg)
-    keep = keep & ~done[:, :, None]
-    alpha = jnp.where(keep, alpha, 0.0)
-    # T after each slot if it were included; it only decreases along the chunk, so the slots where
-    # it falls to the threshold form a suffix, and the first of them is where the pixel stops.
-    t_after = trans[:, :, None] * jnp.cumprod(1.0 - alpha, axis=-1)
-    fail = keep & (t_after <= cfg.transmittance_min)
-    alpha = jnp.where(fail, 0.0, alpha)
-    weight = alpha * trans[:, :, None] * _exclusive_cumprod(1.0 - alpha)
-    acc = acc + jnp.einsum("tpb,tbc->tpc", weight, features[slot_ids])
-    trans = trans * jnp.prod(1.0 - alpha, axis=-1)
-    any_fail = jnp.any(fail, axis=-1)
-    first_fail = (start + jnp.argmax(fail, axis=-1)).astype(jnp.int32)
-    stop = jnp.where(any_fail & ~done, first_fail, stop)
-    return trans, acc, stop, done | any_fail
+    _, _, mean, conic, opac, feat = _gather_chunk(means2d, conics, opacities, features, ids, counts, start,
+                                                  cfg.chunk_size)
+    for j in range(cfg.chunk_size):
+        _, _, _, _, alpha, keep = _slot_alpha(pix, mean[:, j], conic[:, j], opac[:, j], cfg)
+        keep = keep & ~done
+        next_trans = trans * (1.0 - alpha)
+        fail = keep & (next_trans <= cfg.transmittance_min)
+        use = keep & ~fail
+        weight = jnp.where(use, alpha * trans, 0.0)
+        acc = acc + weight[..., None] * feat[:, None, j, :]
+        trans = jnp.where(use, next_trans, trans)
+        stop = jnp.where(fail, (start + j).astype(jnp.int32), stop)
+        done = done | fail
+    return trans, acc, stop, done
 
 
-def _num_chunks(counts, cfg: RasterConfig):
-    return (jnp.max(counts) + cfg.chunk_size - 1) // cfg.chunk_size
+def _initial_state(num_tiles, num_pix, channels, capacity, dtype):
+    return (
+        jnp.ones((num_tiles, num_pix), dtype),
+        jnp.zeros((num_tiles, num_pix, channels), dtype),
+        jnp.full((num_tiles, num_pix), capacity, jnp.int32),
+        jnp.zeros((num_tiles, num_pix), bool),
+    )
+
+
+def _num_chunks(counts, capacity: int, cfg: RasterConfig):
+    return (jnp.minimum(jnp.max(counts), capacity) + cfg.chunk_size - 1) // cfg.chunk_size
 
 
 def _composite_forward(means2d, conics, opacities, features, background, ids, counts, pix, cfg: RasterConfig):
-    num_tiles, num_pix = pix.shape[:2]
-    c = features.shape[1]
-    dtype = features.dtype
-    init = (
-        jnp.ones((num_tiles, num_pix), dtype),
-        jnp.zeros((num_tiles, num_pix, c), dtype),
-        jnp.full((num_tiles, num_pix), ids.shape[1], jnp.int32),
-        jnp.zeros((num_tiles, num_pix), bool),
-    )
-    n_chunks = _num_chunks(counts, cfg)
+    """Front to back over chunks until every tile is exhausted or every pixel has stopped."""
+    init = _initial_state(pix.shape[0], pix.shape[1], features.shape[1], ids.shape[1], features.dtype)
+    n_chunks = _num_chunks(counts, ids.shape[1], cfg)
 
     def cond(carry):
         k, state = carry
@@ -152,24 +150,24 @@ def composite_backward(
 ):
     """Gradients of the composited tiles w.r.t. means2d, conics, opacities, features, background.
 
-    Walks the chunks from the last to the first. A chunk's transmittances are recovered from
-    the transmittance after it, T_j = T_after / prod_{i >= j in chunk} (1 - alpha_i), and the
-    colour behind every slot is the running sum S of what later slots and the background gave:
-        dC/dalpha_j = f_j T_j - S_behind_j / (1 - alpha_j)."""
+    Walks every tile's slots from the last to the first. A slot's transmittance is recovered
+    from the one after it, T_j = T_{j+1} / (1 - alpha_j), and the colour S behind a slot (later
+    slots plus the background) is carried projected on the cotangent g, one scalar per pixel:
+        dL/dalpha_j = g . f_j T_j - (g . S_behind_j) / (1 - alpha_j).
+    Only slots before the pixel's stop index contribute, as in the forward."""
     n = means2d.shape[0]
-    dtype = features.dtype
-    n_chunks = _num_chunks(counts, cfg)
-    # Only g . S is ever needed, so the colour behind each pixel is carried projected on its
-    # cotangent: one scalar per pixel instead of C channels.
+    b = cfg.chunk_size
+    capacity = ids.shape[1]
+    n_chunks = _num_chunks(counts, capacity, cfg)
     grad_behind = final_trans * jnp.einsum("tpc,c->tp", grad_out, background)
     grad_background = jnp.einsum("tpc,tp->c", grad_out, final_trans)
     init = (
         n_chunks - 1,
         final_trans,
         grad_behind,
-        jnp.zeros((n, 2), dtype),
-        jnp.zeros((n, 3), dtype),
-        jnp.zeros((n,), dtype),
+        jnp.zeros_like(means2d),
+        jnp.zeros_like(conics),
+        jnp.zeros_like(opacities),
         jnp.zeros_like(features),
     )
 
@@ -178,49 +176,41 @@ def composite_backward(
 
     def body(carry):
         k, t_after, grad_behind, g_mean, g_conic, g_opac, g_feat = carry
-        start = k * cfg.chunk_size
-        slot_ids, slot_valid, dx, dy, sigma, vis, alpha, keep = _chunk_alpha(
-            pix, means2d, conics, opacities, ids, counts, start, cfg
+        start = k * b
+        slot_ids, slot_valid, mean, conic, opac, feat = _gather_chunk(
+            means2d, conics, opacities, features, ids, counts, start, b
         )
-        slot = start + jnp.arange(cfg.chunk_size)
-        contrib = keep & (slot[None, None, :] < stop[:, :, None])
-        alpha = jnp.where(contrib, alpha, 0.0)
-        one_minus = 1.0 - alpha
-        rev = jnp.flip(jnp.cumprod(jnp.flip(one_minus, -1), axis=-1), -1)  # prod over i >= j
-        t_j = t_after[:, :, None] / rev
-        weight = alpha * t_j
-        feat = features[slot_ids]  # (T, B, C)
-        grad_feat_dot = jnp.einsum("tpc,tbc->tpb", grad_out, feat)  # g . f_j
-        weighted = weight * grad_feat_dot
-        suffix = jnp.flip(jnp.cumsum(jnp.flip(weighted, -1), axis=-1), -1) - weighted  # sum over i > j
-        grad_alpha = t_j * grad_feat_dot - (grad_behind[:, :, None] + suffix) / one_minus
-        grad_alpha = jnp.where(contrib, grad_alpha, 0.0)
-        grad_vis = jnp.where(vis < cfg.alpha_max, grad_alpha, 0.0)
-        exp_neg = jnp.exp(-jnp.maximum(sigma, 0.0))
-        grad_sigma = -grad_vis * vis
-        slot_opac = jnp.sum(grad_vis * exp_neg, axis=1)  # (T, B)
-        slot_conic = jnp.stack(
-            [
-                jnp.sum(grad_sigma * 0.5 * dx * dx, axis=1),
-                jnp.sum(grad_sigma * dx * dy, axis=1),
-                jnp.sum(grad_sigma * 0.5 * dy * dy, axis=1),
-            ],
-            -1,
-        )
-        conic = conics[slot_ids]
-        a, b, c = conic[:, None, :, 0], conic[:, None, :, 1], conic[:, None, :, 2]
-        slot_mean = jnp.stack(
-            [-jnp.sum(grad_sigma * (a * dx + b * dy), axis=1), -jnp.sum(grad_sigma * (b * dx + c * dy), axis=1)], -1
-        )
-        slot_feat = jnp.einsum("tpc,tpb->tbc", grad_out, weight)
+        grad_feat_dot = jnp.einsum("tpc,tbc->tbp", grad_out, feat)  # g . f_j for every slot
+        slot_grads = [None] * b
+        for j in reversed(range(b)):
+            dx, dy, sigma, vis, alpha, keep = _slot_alpha(pix, mean[:, j], conic[:, j], opac[:, j], cfg)
+            contrib = keep & ((start + j) < stop)
+            one_minus = jnp.where(contrib, 1.0 - alpha, 1.0)
+            t_j = t_after / one_minus
+            weight = jnp.where(contrib, alpha * t_j, 0.0)
+            gf = grad_feat_dot[:, j]
+            grad_alpha = jnp.where(contrib, t_j * gf - grad_behind / one_minus, 0.0)
+            grad_vis = jnp.where(vis < cfg.alpha_max, grad_alpha, 0.0)
+            grad_sigma = -grad_vis * vis
+            ca, cb, cc = conic[:, j, 0:1], conic[:, j, 1:2], conic[:, j, 2:3]
+            slot_grads[j] = (
+                jnp.stack([-jnp.sum(grad_sigma * (ca * dx + cb * dy), 1),
+                           -jnp.sum(grad_sigma * (cb * dx + cc * dy), 1)], -1),
+                jnp.stack([jnp.sum(grad_sigma * 0.5 * dx * dx, 1),
+                           jnp.sum(grad_sigma * dx * dy, 1),
+                           jnp.sum(grad_sigma * 0.5 * dy * dy, 1)], -1),
+                jnp.sum(grad_vis * jnp.exp(-jnp.maximum(sigma, 0.0)), 1),
+                jnp.einsum("tpc,tp->tc", grad_out, weight),
+            )  # fmt: skip
+            grad_behind = grad_behind + weight * gf
+            t_after = t_j
+        s_mean, s_conic, s_opac, s_feat = (jnp.stack(parts, 1) for parts in zip(*slot_grads))
         target = jnp.where(slot_valid, slot_ids, n)  # out-of-range index: dropped by the scatter
-        g_mean = g_mean.at[target].add(slot_mean, mode="drop")
-        g_conic = g_conic.at[target].add(slot_conic, mode="drop")
-        g_opac = g_opac.at[target].add(slot_opac, mode="drop")
-        g_feat = g_feat.at[target].add(slot_feat, mode="drop")
-        t_before = t_after / rev[:, :, 0]
-        grad_behind = grad_behind + jnp.sum(weighted, axis=-1)
-        return k - 1, t_before, grad_behind, g_mean, g_conic, g_opac, g_feat
+        g_mean = g_mean.at[target].add(s_mean, mode="drop")
+        g_conic = g_conic.at[target].add(s_conic, mode="drop")
+        g_opac = g_opac.at[target].add(s_opac, mode="drop")
+        g_feat = g_feat.at[target].add(s_feat, mode="drop")
+        return k - 1, t_after, grad_behind, g_mean, g_conic, g_opac, g_feat
 
     _, _, _, g_mean, g_conic, g_opac, g_feat = jax.lax.while_loop(cond, body, init)
     return g_mean, g_conic, g_opac, g_feat, grad_background
@@ -228,9 +218,13 @@ def composite_backward(
 
 def _composite_custom_bwd(cfg, residuals, grad_out):
     means2d, conics, opacities, features, background, ids, counts, pix, trans, stop = residuals
-    grads = composite_backward(
-        means2d, conics, opacities, features, background, ids, counts, pix, trans, stop, grad_out, cfg
-    )
+    args = (means2d, conics, opacities, features, background, ids, counts, pix, trans, stop, grad_out)
+    if cfg.backward in ("jax", "custom"):
+        grads = composite_backward(*args, cfg)
+    else:  # 'auto' or 'kernel': the compiled backward where it is built
+        from .kernel_backward import composite_backward_compiled
+
+        grads = composite_backward_compiled(*args, cfg)
     return (*grads, None, None, None)
 
 
@@ -239,14 +233,7 @@ _composite_custom.defvjp(_composite_custom_fwd, _composite_custom_bwd)
 
 def _composite_scan(means2d, conics, opacities, features, background, ids, counts, pix, cfg: RasterConfig):
     """The forward as a fixed-length scan over every chunk: plain autodiff stores each chunk."""
-    num_tiles, num_pix = pix.shape[:2]
-    dtype = features.dtype
-    init = (
-        jnp.ones((num_tiles, num_pix), dtype),
-        jnp.zeros((num_tiles, num_pix, features.shape[1]), dtype),
-        jnp.full((num_tiles, num_pix), ids.shape[1], jnp.int32),
-        jnp.zeros((num_tiles, num_pix), bool),
-    )
+    init = _initial_state(pix.shape[0], pix.shape[1], features.shape[1], ids.shape[1], features.dtype)
     starts = jnp.arange(0, ids.shape[1], cfg.chunk_size, dtype=jnp.int32)
 
     def step(state, start):
@@ -271,6 +258,6 @@ def composite(
     """Composite `features` (any channels) of the binned Gaussians over `background`."""
     pix = tile_pixel_centers(width, height, cfg).astype(features.dtype)
     background = jnp.broadcast_to(background, features.shape[1:]).astype(features.dtype)
-    fn = _composite_custom if cfg.backward == "custom" else _composite_scan
+    fn = _composite_scan if cfg.backward == "autodiff" else _composite_custom
     tiles = fn(means2d, conics, opacities, features, background, ids, counts, pix, cfg)
     return tiles_to_image(tiles, width, height, cfg.tile_size)

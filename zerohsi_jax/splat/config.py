@@ -21,7 +21,7 @@ class RasterConfig:
     """Most tile-Gaussian pairs per image; None means `pairs_per_gaussian * N`."""
     pairs_per_gaussian: float = 4.0
     """Default pair capacity per Gaussian when `pair_capacity` is None."""
-    chunk_size: int = 32
+    chunk_size: int = 16
     """Gaussians composited per step of the per-tile loop (a speed/memory trade-off only)."""
     eps2d: float = 0.3
     """Low-pass filter added to the diagonal of every 2D covariance, in pixels squared."""
@@ -37,14 +37,21 @@ class RasterConfig:
     """Pixel (j, i) samples the image plane at (j + offset, i + offset)."""
     clip_margin: float = 0.3
     """Fraction of the half field of view beyond the image edge where the Jacobian is clamped."""
-    backward: str = "custom"
-    """'custom': back-to-front recomputing backward; 'autodiff': plain autodiff of the forward scan."""
+    backward: str = "auto"
+    """How `composite` is differentiated:
+    'kernel': the compiled back-to-front backward (kernels/, see `kernel_backward`); an error
+        where it cannot be built;
+    'jax' (alias 'custom'): the same recomputing backward in pure JAX;
+    'auto': 'kernel' on the platforms where it is built, 'jax' elsewhere (one warning);
+    'autodiff': plain autodiff of the forward scan (the reference)."""
 
     def __post_init__(self):
         if self.tile_size <= 0 or self.tile_capacity <= 0 or self.chunk_size <= 0:
             raise ValueError("tile_size, tile_capacity and chunk_size must be positive")
-        if self.backward not in ("custom", "autodiff"):
-            raise ValueError(f"backward must be 'custom' or 'autodiff', got {self.backward!r}")
+        if self.backward not in ("auto", "kernel", "jax", "custom", "autodiff"):
+            raise ValueError(
+                f"backward must be 'auto', 'kernel', 'jax' (alias 'custom') or 'autodiff', got {self.backward!r}"
+            )
         if not 0.0 < self.alpha_min < self.alpha_max <= 1.0:
             raise ValueError("need 0 < alpha_min < alpha_max <= 1")
 
