@@ -1,0 +1,45 @@
+"""Video and image input/output: reference videos in, result videos and pictures out."""
+
+from .pictures import PALETTE, mask_overlay, mask_overlay_frames, overlay, side_by_side
+from .video import (
+    IMAGE_SUFFIXES,
+    VIDEO_SUFFIXES,
+    AspectRatioError,
+    VideoError,
+    VideoInfo,
+    check_aspect_ratio,
+    fit_video_to_camera,
+    list_image_frames,
+    load_video_for_camera,
+    natural_sort_key,
+    probe_video,
+    read_video,
+    to_uint8,
+    write_frames_folder,
+    write_image,
+    write_video,
+)
+
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "PALETTE",
+    "VIDEO_SUFFIXES",
+    "AspectRatioError",
+    "VideoError",
+    "VideoInfo",
+    "check_aspect_ratio",
+    "fit_video_to_camera",
+    "list_image_frames",
+    "load_video_for_camera",
+    "mask_overlay",
+    "mask_overlay_frames",
+    "natural_sort_key",
+    "overlay",
+    "probe_video",
+    "read_video",
+    "side_by_side",
+    "to_uint8",
+    "write_frames_folder",
+    "write_image",
+    "write_video",
+]
