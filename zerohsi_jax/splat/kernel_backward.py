@@ -9,6 +9,8 @@ Environment:
     ZEROHSI_JAX_CACHE           cache directory (default ~/.cache/zerohsi_jax/kernels)
     ZEROHSI_JAX_CXX             C++ compiler (default $CXX, else g++, c++ or clang++ on PATH)
     ZEROHSI_JAX_NVCC            CUDA compiler (default nvcc on PATH, else $CUDA_HOME/bin/nvcc)
+    ZEROHSI_JAX_CUDA_ARCH       GPU architecture to compile for (default: that of the first GPU)
+    ZEROHSI_JAX_CXXFLAGS        extra flags of the C++ compiler
     ZEROHSI_JAX_KERNEL_SRC      directory holding the kernel sources (default: found next to the
                                 package, see `kernel_source_dir`)
     ZEROHSI_JAX_KERNEL_THREADS  CPU threads of the kernel (default: one per hardware thread)
@@ -136,7 +138,12 @@ def _cpu_features() -> str:
 
 
 def _cuda_arch() -> str:
-    """sm_XY of the first CUDA device JAX sees."""
+    """$ZEROHSI_JAX_CUDA_ARCH, else sm_XY of the first CUDA device JAX sees."""
+    override = os.environ.get("ZEROHSI_JAX_CUDA_ARCH")
+    if override:
+        return override
+    if not _has_cuda():
+        raise KernelBuildError("no CUDA device is visible to JAX (set ZEROHSI_JAX_CUDA_ARCH to build anyway)")
     capability = getattr(jax.devices("cuda")[0], "compute_capability", None)
     if not capability:
         raise KernelBuildError("could not read the compute capability of the CUDA device")
