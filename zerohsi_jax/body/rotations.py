@@ -1,0 +1,123 @@
+"""Rotation conversions shared by the body model, VPoser and the fitting pipeline.
+
+All functions are pure `jax.numpy`, work on any leading batch shape, and are differentiable
+everywhere the underlying map is (including the identity and half-turn rotations).
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+from jaxtyping import Array, Float
+
+# smplx adds this to every component of the rotation vector before taking its norm, so the angle of
+# a zero vector is sqrt(3) * 1e-8 instead of 0 and the division below never divides by zero.
+RODRIGUES_EPS = 1e-8
+# torch.nn.functional.normalize divides by max(norm, eps); VPoser's 6D decoder relies on it.
+NORMALIZE_EPS = 1e-12
+
+
+def skew(v: Float[Array, "... 3"]) -> Float[Array, "... 3 3"]:
+    """The cross-product matrix [v]_x, so that skew(v) @ u == cross(v, u)."""
+    x, y, z = v[..., 0], v[..., 1], v[..., 2]
+    zero = jnp.zeros_like(x)
+    rows = [
+        jnp.stack([zero, -z, y], axis=-1),
+        jnp.stack([z, zero, -x], axis=-1),
+        jnp.stack([-y, x, zero], axis=-1),
+    ]
+    return jnp.stack(rows, axis=-2)
+
+
+def axis_angle_to_matrix(axis_angle: Float[Array, "... 3"]) -> Float[Array, "... 3 3"]:
+    """Rodrigues' formula exactly as smplx's `batch_rodrigues` evaluates it.
+
+    The epsilon sits inside the norm (norm(v + eps)), which keeps the map and its gradient finite at
+    v = 0 and reproduces smplx's float32 results bit for bit in structure.
+    """
+    angle = jnp.linalg.norm(axis_angle + RODRIGUES_EPS, axis=-1, keepdims=True)
+    direction = axis_angle / angle
+    cos = jnp.cos(angle)[..., None]
+    sin = jnp.sin(angle)[..., None]
+    k = skew(direction)
+    eye = jnp.eye(3, dtype=axis_angle.dtype)
+    return eye + sin * k + (1.0 - cos) * (k @ k)
+
+
+def matrix_to_quaternion(matrix: Float[Array, "... 3 3"]) -> Float[Array, "... 4"]:
+    """Unit quaternion (w, x, y, z) of a rotation matrix, by Shepperd's method.
+
+    Each of the four classic formulas divides by one of 2*|w|, 2*|x|, 2*|y|, 2*|z|; we evaluate all
+    four and keep the one with the largest divisor (always >= 1), so no branch ever divides by a
+    small number and the result is accurate and differentiable near 0 and pi alike.
+    """
+    m00, m01, m02 = matrix[..., 0, 0], matrix[..., 0, 1], matrix[..., 0, 2]
+    m10, m11, m12 = matrix[..., 1, 0], matrix[..., 1, 1], matrix[..., 1, 2]
+    m20, m21, m22 = matrix[..., 2, 0], matrix[..., 2, 1], matrix[..., 2, 2]
+    # 4*w^2, 4*x^2, 4*y^2, 4*z^2; they sum to 4, so the largest is at least 1.
+    four_sq = jnp.stack(
+        [
+            1.0 + m00 + m11 + m22,
+            1.0 + m00 - m11 - m22,
+            1.0 - m00 + m11 - m22,
+            1.0 - m00 - m11 + m22,
+        ],
+        axis=-1,
+    )
+    # The unselected candidates may have a tiny or negative radicand; clamping them keeps their
+    # (discarded) values finite so that no NaN leaks into the gradient through jnp.where.
+    two_abs = jnp.sqrt(jnp.maximum(four_sq, 0.25))  # 2*|q_i|, exact for the selected candidate
+    candidates = jnp.stack(
+        [
+            jnp.stack([four_sq[..., 0], m21 - m12, m02 - m20, m10 - m01], axis=-1),
+            jnp.stack([m21 - m12, four_sq[..., 1], m10 + m01, m02 + m20], axis=-1),
+            jnp.stack([m02 - m20, m10 + m01, four_sq[..., 2], m12 + m21], axis=-1),
+            jnp.stack([m10 - m01, m20 + m02, m21 + m12, four_sq[..., 3]], axis=-1),
+        ],
+        axis=-2,
+    ) / (2.0 * two_abs[..., :, None])  # each row is 4*|q_i| * q; divide by 4*|q_i|
+    best = jnp.argmax(four_sq, axis=-1)
+    onehot = (jnp.arange(4) == best[..., None]).astype(matrix.dtype)
+    quat = jnp.sum(candidates * onehot[..., :, None], axis=-2)
+    # Canonical sign: w >= 0, i.e. the rotation angle in [0, pi].
+    return jnp.where(quat[..., :1] < 0, -quat, quat)
+
+
+def quaternion_to_axis_angle(quat: Float[Array, "... 4"]) -> Float[Array, "... 3"]:
+    """Rotation vector of a unit quaternion (w, x, y, z); angle in [0, pi] after sign canonicalisation."""
+    quat = jnp.where(quat[..., :1] < 0, -quat, quat)
+    w = quat[..., 0]
+    xyz = quat[..., 1:]
+    sin_half_sq = jnp.sum(xyz * xyz, axis=-1)
+    small = sin_half_sq < 1e-12
+    # Double-where: the norm's gradient at 0 is NaN, so feed it a harmless value on that branch.
+    sin_half = jnp.sqrt(jnp.where(small, 1.0, sin_half_sq))
+    angle = 2.0 * jnp.arctan2(sin_half, w)
+    # angle / sin(angle/2) -> 2 / w as the rotation vanishes (next term is O(sin^2), below 1e-12 here).
+    safe_w = jnp.where(small, w, 1.0)
+    scale = jnp.where(small, 2.0 / safe_w, angle / sin_half)
+    return xyz * scale[..., None]
+
+
+def matrix_to_axis_angle(matrix: Float[Array, "... 3 3"]) -> Float[Array, "... 3"]:
+    """Rotation vector (axis * angle, angle in [0, pi]) of a rotation matrix."""
+    return quaternion_to_axis_angle(matrix_to_quaternion(matrix))
+
+
+def rot6d_to_matrix(rot6d: Float[Array, "... 6"], eps: float = NORMALIZE_EPS) -> Float[Array, "... 3 3"]:
+    """VPoser's continuous 6D representation to a rotation matrix.
+
+    The six numbers are a row-major 3x2 matrix whose two columns are Gram-Schmidt orthonormalised
+    into b1, b2; b3 = b1 x b2; b1, b2, b3 are the COLUMNS of the result (VPoser / Zhou et al.).
+    """
+    pair = rot6d.reshape(*rot6d.shape[:-1], 3, 2)
+    a1, a2 = pair[..., 0], pair[..., 1]
+    b1 = a1 / jnp.maximum(jnp.linalg.norm(a1, axis=-1, keepdims=True), eps)
+    a2_orth = a2 - jnp.sum(b1 * a2, axis=-1, keepdims=True) * b1
+    b2 = a2_orth / jnp.maximum(jnp.linalg.norm(a2_orth, axis=-1, keepdims=True), eps)
+    b3 = jnp.cross(b1, b2)
+    return jnp.stack([b1, b2, b3], axis=-1)
+
+
+def matrix_to_rot6d(matrix: Float[Array, "... 3 3"]) -> Float[Array, "... 6"]:
+    """Inverse of `rot6d_to_matrix` on rotations: the first two columns, flattened row-major."""
+    return matrix[..., :, :2].reshape(*matrix.shape[:-2], 6)
