@@ -88,6 +88,24 @@ def canonical_body(model: dict[str, np.ndarray], betas: np.ndarray | None = None
     return cano, faces, weights, joints, parents
 
 
+def canonical_body_from_model(model, betas: np.ndarray):
+    """`canonical_body` through a `zerohsi_jax.body.SMPLX` instance (its forward pass)."""
+    nb = int(model.num_betas)
+    b = np.zeros((1, nb), np.float32)
+    b[0, : min(nb, len(betas))] = betas[:nb]
+    out = model(
+        betas=jnp.asarray(b), global_orient=jnp.zeros((1, 3)), transl=jnp.zeros((1, 3)),
+        body_pose=jnp.asarray(CANONICAL_BODY_POSE.reshape(1, -1)),
+    )  # fmt: skip
+    return (
+        np.asarray(out.vertices[0], np.float64),
+        np.asarray(model.faces, np.int64),
+        np.asarray(model.lbs_weights, np.float64),
+        np.asarray(out.rest_joints[0], np.float64),
+        tuple(int(p) for p in model.parent_tuple),
+    )
+
+
 def vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
     tri = vertices[faces]
     face_n = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])  # area-weighted
@@ -191,10 +209,13 @@ def sample_surface(vertices, faces, num: int, rng: np.random.Generator):
     return fid[first], lam[first]
 
 
-def knn_mean_sq_dist(points: np.ndarray, k: int = 3, chunk: int = 1024) -> np.ndarray:
+def knn_mean_sq_dist(points: np.ndarray, k: int = 3) -> np.ndarray:
     """Mean squared distance to the k nearest other points (the official scale init, which
-    uses pytorch3d's knn_points with K = k + 1 and drops the point itself)."""
+    uses pytorch3d's knn_points with K = k + 1 and drops the point itself). Brute force in
+    blocks of rows (about 128 MB of distances per block)."""
     pts = jnp.asarray(points, jnp.float32)
+    n = len(points)
+    chunk = min(n, int(max(64, min(1024, 2**25 // max(n, 1)))))
 
     @jax.jit
     def block(start):
@@ -203,10 +224,7 @@ def knn_mean_sq_dist(points: np.ndarray, k: int = 3, chunk: int = 1024) -> np.nd
         nearest = -jax.lax.top_k(-d2, k + 1)[0]
         return jnp.mean(jnp.maximum(nearest[:, 1:], 0.0), axis=-1)
 
-    n = len(points)
-    starts = [min(i, max(n - chunk, 0)) for i in range(0, n, chunk)]
-    if n < chunk:
-        chunk = n
+    starts = [min(i, n - chunk) for i in range(0, n, chunk)]
     out = np.empty(n)
     for s in starts:
         out[s : s + chunk] = np.asarray(block(s))
@@ -270,8 +288,8 @@ def builtin_avatar(
 ) -> AnimatableAvatar:
     """The built-in avatar on an SMPL-X body.
 
-    `smplx_model`: path of an SMPL-X `.npz` (official layout); None uses the synthetic body
-    (`zerohsi_jax.body.synthetic`). `size`: 'small' (map 128, ~12k Gaussians, the demo's) or
+    `smplx_model`: a `zerohsi_jax.body.SMPLX`, or the path of an SMPL-X `.npz` (official
+    layout); None uses the synthetic body (`zerohsi_jax.body.synthetic`). `size`: 'small' (map 128, ~12k Gaussians, the demo's) or
     'medium'. `key_or_seed` seeds the networks' weights and the surface sampling."""
     if size not in SIZES:
         raise ValueError(f"size must be one of {sorted(SIZES)}, got {size!r}")
@@ -285,9 +303,13 @@ def builtin_avatar(
         from zerohsi_jax.body.synthetic import synthetic_smplx_path
 
         smplx_model = synthetic_smplx_path()
-    model = load_model_arrays(smplx_model) if isinstance(smplx_model, (str, Path)) else dict(smplx_model)
     betas = np.zeros(10, np.float32) if betas is None else np.asarray(betas, np.float32)
-    verts, faces, vweights, joints, parents = canonical_body(model, betas)
+    if isinstance(smplx_model, (str, Path)):
+        verts, faces, vweights, joints, parents = canonical_body(load_model_arrays(smplx_model), betas)
+    elif isinstance(smplx_model, dict):
+        verts, faces, vweights, joints, parents = canonical_body(smplx_model, betas)
+    else:
+        verts, faces, vweights, joints, parents = canonical_body_from_model(smplx_model, betas)
     s = spec["map_size"]
 
     m_pts, m_nml, m_w, m_rows, m_cols, center, ppm = canonical_maps(verts, faces, vweights, s)
