@@ -332,7 +332,10 @@ class SMPLX(eqx.Module):
                 args[name] = jnp.zeros((n, size), dtype)
             else:
                 args[name] = jnp.broadcast_to(value, batch_shape + (size,)).reshape(n, size)
-        out = _jitted_forward(self, **args)
+        # Eager calls run the compiled forward; inside a caller's transformation (jit, grad, vmap) we
+        # trace the body directly, so unused outputs are pruned and XLA fuses across the boundary.
+        traced = any(isinstance(x, jax.core.Tracer) for x in jax.tree_util.tree_leaves((self, args)))
+        out = self._forward(**args) if traced else _jitted_forward(self, **args)
         return jax.tree_util.tree_map(lambda a: a.reshape(batch_shape + a.shape[1:]), out)
 
     def _forward(

@@ -100,7 +100,13 @@ class VPoser(eqx.Module):
 
     def encode(self, pose_body: Float[Array, "*batch 63"] | Float[Array, "*batch 21 3"]):
         """(mu, std) of the posterior over the latent, each (*batch, latent_dim)."""
-        pose_body = jnp.asarray(pose_body)
+        return _encode_jit(self, jnp.asarray(pose_body))
+
+    def decode(self, latent: Float[Array, "*batch latent"]) -> VPoserDecoded:
+        """Body pose (axis-angle and rotation matrices) of latent codes."""
+        return _decode_jit(self, jnp.asarray(latent))
+
+    def _encode(self, pose_body):
         if pose_body.shape[-2:] == (NUM_BODY_JOINTS, 3):
             pose_body = pose_body.reshape(*pose_body.shape[:-2], 3 * NUM_BODY_JOINTS)
         slope = LEAKY_SLOPE[self.version]
@@ -113,9 +119,9 @@ class VPoser(eqx.Module):
             x = self.enc_fc3(self.enc_fc2(x))
         return self.enc_mu(x), jax.nn.softplus(self.enc_logvar(x))
 
-    def decode(self, latent: Float[Array, "*batch latent"]) -> VPoserDecoded:
+    def _decode(self, latent):
         slope = LEAKY_SLOPE[self.version]
-        x = jax.nn.leaky_relu(self.dec_fc1(jnp.asarray(latent)), slope)
+        x = jax.nn.leaky_relu(self.dec_fc1(latent), slope)
         x = jax.nn.leaky_relu(self.dec_fc2(x), slope)
         x = self.dec_out(x)
         matrot = rot6d_to_matrix(x.reshape(*x.shape[:-1], NUM_BODY_JOINTS, 6))
@@ -225,6 +231,10 @@ class VPoser(eqx.Module):
             )
             return eqx.tree_deserialise_leaves(f, skeleton)
 
+
+# Compiled per batch shape with the weights as arguments; inlined when called inside a caller's jit.
+_encode_jit = eqx.filter_jit(VPoser._encode)
+_decode_jit = eqx.filter_jit(VPoser._decode)
 
 _V1_KEYS = {
     "enc_bn1": "bodyprior_enc_bn1",
