@@ -7,6 +7,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <string>
 
 #include "composite_backward.h"
@@ -260,8 +261,22 @@ ffi::Error CompositeBackwardCudaImpl(cudaStream_t stream, ffi::AnyBuffer means2d
   return ffi::Error::Success();
 }
 
+__global__ void probe_kernel() {}
+
 }  // namespace
 }  // namespace zerohsi
+
+// Launches an empty kernel: a library built by an nvcc newer than the driver, or for another
+// architecture, loads fine and only fails at its first launch. Python calls this before
+// registering the handler so that such a build falls back instead of failing mid-training.
+extern "C" int ZerohsiCompositeBackwardCudaProbe(char* message, int capacity) {
+  zerohsi::probe_kernel<<<1, 1>>>();
+  cudaError_t err = cudaGetLastError();
+  if (err == cudaSuccess) err = cudaDeviceSynchronize();
+  if (err == cudaSuccess) return 0;
+  snprintf(message, capacity, "%s", cudaGetErrorString(err));
+  return 1;
+}
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(ZerohsiCompositeBackwardCuda, zerohsi::CompositeBackwardCudaImpl,
                               xla::ffi::Ffi::Bind()

@@ -38,9 +38,22 @@ def cpu_kernel():
     assert kb.load_kernel("cpu"), kb.kernel_status("cpu")
 
 
-def random_scene(seed, visible, width=WIDTH, height=HEIGHT, channels=CHANNELS, *, total=N, tile_capacity=CAPACITY,
-                 tile_size=16, scale=(1.0, 6.0), opacity=(0.05, 0.99), region=None, dtype=np.float64,
-                 centered=False):  # fmt: skip
+def random_scene(
+    seed,
+    visible,
+    width=WIDTH,
+    height=HEIGHT,
+    channels=CHANNELS,
+    *,
+    total=N,
+    tile_capacity=CAPACITY,
+    tile_size=16,
+    scale=(1.0, 6.0),
+    opacity=(0.05, 0.99),
+    region=None,
+    dtype=np.float64,
+    centered=False,
+):
     """`total` random 2D Gaussians, `visible` of them on screen, binned front to back per tile
     (the inputs of `composite`).
 
@@ -53,7 +66,9 @@ def random_scene(seed, visible, width=WIDTH, height=HEIGHT, channels=CHANNELS, *
         means = np.floor(means) + 0.5
     means[visible:] = -1000.0  # touches no tile
     theta = rng.uniform(0, np.pi, total)
-    rot = np.stack([np.stack([np.cos(theta), -np.sin(theta)], -1), np.stack([np.sin(theta), np.cos(theta)], -1)], -2)
+    rot = np.stack(
+        [np.stack([np.cos(theta), -np.sin(theta)], -1), np.stack([np.sin(theta), np.cos(theta)], -1)], -2
+    )
     scales = rng.uniform(*scale, (total, 2))
     cov = rot @ (scales[:, :, None] ** 2 * np.eye(2)) @ np.swapaxes(rot, -1, -2)
     inv = np.linalg.inv(cov)
@@ -68,19 +83,27 @@ def random_scene(seed, visible, width=WIDTH, height=HEIGHT, channels=CHANNELS, *
     tx = np.arange(tiles_x * tiles_y) % tiles_x * tile_size
     ty = np.arange(tiles_x * tiles_y) // tiles_x * tile_size
     hit = (
-        (means[None, :, 0] + radius >= tx[:, None]) & (means[None, :, 0] - radius <= tx[:, None] + tile_size)
-        & (means[None, :, 1] + radius >= ty[:, None]) & (means[None, :, 1] - radius <= ty[:, None] + tile_size)
-    )  # fmt: skip
+        (means[None, :, 0] + radius >= tx[:, None])
+        & (means[None, :, 0] - radius <= tx[:, None] + tile_size)
+        & (means[None, :, 1] + radius >= ty[:, None])
+        & (means[None, :, 1] - radius <= ty[:, None] + tile_size)
+    )
     order = np.argsort(np.where(hit, depth[None], np.inf), axis=1, kind="stable")
     order = np.pad(order, ((0, 0), (0, max(0, tile_capacity - total))))[:, :tile_capacity]
     counts = np.minimum(hit.sum(1), tile_capacity)
     ids = np.where(np.arange(tile_capacity)[None] < counts[:, None], order, 0)
     return dict(
-        means2d=means.astype(dtype), conics=conics.astype(dtype), opacities=opacities.astype(dtype),
-        features=features.astype(dtype), background=background.astype(dtype),
-        ids=ids.astype(np.int32), counts=counts.astype(np.int32), width=width, height=height,
+        means2d=means.astype(dtype),
+        conics=conics.astype(dtype),
+        opacities=opacities.astype(dtype),
+        features=features.astype(dtype),
+        background=background.astype(dtype),
+        ids=ids.astype(np.int32),
+        counts=counts.astype(np.int32),
+        width=width,
+        height=height,
         true_counts=hit.sum(1),
-    )  # fmt: skip
+    )
 
 
 INPUTS = ("means2d", "conics", "opacities", "features", "background", "ids", "counts")
@@ -195,16 +218,27 @@ def _loss_grads(scene, cfg, batched_opacities, batched_features, weights):
     """Per-example gradients of a weighted image sum, vmapped over opacities and features."""
 
     def loss(means2d, conics, opacities, features, background):
-        img = composite(means2d, conics, opacities, features, background, scene["ids"], scene["counts"],
-                        scene["width"], scene["height"], cfg)  # fmt: skip
+        img = composite(
+            means2d,
+            conics,
+            opacities,
+            features,
+            background,
+            scene["ids"],
+            scene["counts"],
+            scene["width"],
+            scene["height"],
+            cfg,
+        )
         return jnp.sum(img * weights)
 
     grad = jax.grad(loss, argnums=(0, 1, 2, 3, 4))
     batched = jax.vmap(grad, in_axes=(None, None, 0, 0, None))
     if batched_opacities.ndim == 3:
         batched = jax.vmap(batched, in_axes=(None, None, 0, 0, None))
-    return jax.jit(batched)(scene["means2d"], scene["conics"], batched_opacities, batched_features,
-                            scene["background"])  # fmt: skip
+    return jax.jit(batched)(
+        scene["means2d"], scene["conics"], batched_opacities, batched_features, scene["background"]
+    )
 
 
 @pytest.mark.parametrize("batch_shape", [(2, 2)])  # nested vmap: two batch axes in the FFI call
@@ -220,20 +254,36 @@ def test_jit_and_vmap_through_composite(x64, batch_shape):
     got = _loss_grads(scene, kernel_cfg, opacities, features, weights)
     for name, e, g in zip(GRADS, expected, got, strict=True):
         assert g.shape == batch_shape + scene[name].shape
-        np.testing.assert_allclose(np.asarray(g), np.asarray(e), rtol=1e-9, atol=1e-11 * np.abs(e).max(),
-                                   err_msg=name)  # fmt: skip
+        np.testing.assert_allclose(
+            np.asarray(g), np.asarray(e), rtol=1e-9, atol=1e-11 * np.abs(e).max(), err_msg=name
+        )
     # The examples differ, so a broadcast that dropped the batch would show.
-    assert not np.allclose(np.asarray(got[3])[(0,) * len(batch_shape)], np.asarray(got[3])[(1,) * len(batch_shape)])
+    assert not np.allclose(
+        np.asarray(got[3])[(0,) * len(batch_shape)], np.asarray(got[3])[(1,) * len(batch_shape)]
+    )
 
 
 def test_default_backward_uses_the_kernel():
     cfg = RasterConfig()
     assert cfg.backward == "auto"
-    scene = {k: jnp.asarray(v) for k, v in random_scene(12, 50, 16, 16, total=50, tile_capacity=32, dtype=np.float32).items()}
+    scene = {
+        k: jnp.asarray(v)
+        for k, v in random_scene(12, 50, 16, 16, total=50, tile_capacity=32, dtype=np.float32).items()
+    }
 
     def loss(opacities):
-        img = composite(scene["means2d"], scene["conics"], opacities, scene["features"], scene["background"],
-                        scene["ids"], scene["counts"], 16, 16, RasterConfig(tile_capacity=32, chunk_size=CHUNK))  # fmt: skip
+        img = composite(
+            scene["means2d"],
+            scene["conics"],
+            opacities,
+            scene["features"],
+            scene["background"],
+            scene["ids"],
+            scene["counts"],
+            16,
+            16,
+            RasterConfig(tile_capacity=32, chunk_size=CHUNK),
+        )
         return jnp.sum(img)
 
     text = jax.jit(jax.grad(loss)).lower(scene["opacities"]).as_text()
@@ -312,7 +362,8 @@ _FALLBACK_SCRIPT = textwrap.dedent(
 
     def grads(backward, chunk=4):
         cfg = RasterConfig(tile_capacity=n, chunk_size=chunk, backward=backward)
-        loss = lambda o: jnp.sum(composite(means, conics, o, feats, jnp.zeros(3), ids, counts, 16, 16, cfg) ** 2)
+        image = lambda o: composite(means, conics, o, feats, jnp.zeros(3), ids, counts, 16, 16, cfg)
+        loss = lambda o: jnp.sum(image(o) ** 2)
         return np.asarray(jax.jit(jax.grad(loss))(opacities))
 
     with warnings.catch_warnings(record=True) as caught:
@@ -332,10 +383,15 @@ _FALLBACK_SCRIPT = textwrap.dedent(
 
 
 def test_missing_compiler_falls_back_with_one_warning(tmp_path):
-    env = dict(os.environ, ZEROHSI_JAX_CXX="/nonexistent/zerohsi-c++", ZEROHSI_JAX_CACHE=str(tmp_path),
-               JAX_PLATFORMS="cpu")  # fmt: skip
-    proc = subprocess.run([sys.executable, "-c", _FALLBACK_SCRIPT], env=env, capture_output=True, text=True,
-                          timeout=300)  # fmt: skip
+    env = dict(
+        os.environ,
+        ZEROHSI_JAX_CXX="/nonexistent/zerohsi-c++",
+        ZEROHSI_JAX_CACHE=str(tmp_path),
+        JAX_PLATFORMS="cpu",
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", _FALLBACK_SCRIPT], env=env, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     assert len(report["warnings"]) == 1, report["warnings"]
@@ -356,7 +412,9 @@ def _has_cuda() -> bool:
         return False
 
 
-@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not installed: the CUDA source is not compiled")
+@pytest.mark.skipif(
+    shutil.which("nvcc") is None, reason="nvcc is not installed: the CUDA source is not compiled"
+)
 def test_cuda_source_compiles(tmp_path, monkeypatch):
     """The CUDA launcher builds against jaxlib's FFI headers (no GPU needed to compile)."""
     monkeypatch.setenv("ZEROHSI_JAX_CACHE", str(tmp_path))
@@ -378,7 +436,11 @@ def test_cuda_kernel_matches_jax_backward(dtype, tol):
     gpu = jax.devices("cuda")[0]
     with jax.enable_x64(dtype == np.float64):
         for seed, (n, w, h, c, cap, opacity) in enumerate(
-            [(300, 37, 29, 3, 96, (0.05, 0.99)), (400, 40, 40, 40, 12, (0.02, 0.3)), (400, 32, 32, 5, 128, (0.9, 0.99))]
+            [
+                (300, 37, 29, 3, 96, (0.05, 0.99)),
+                (400, 40, 40, 40, 12, (0.02, 0.3)),
+                (400, 32, 32, 5, 128, (0.9, 0.99)),
+            ]
         ):
             cfg = RasterConfig(tile_capacity=cap, chunk_size=CHUNK)
             scene = random_scene(seed, n, w, h, c, total=n, tile_capacity=cap, opacity=opacity, dtype=dtype)
@@ -387,4 +449,6 @@ def test_cuda_kernel_matches_jax_backward(dtype, tol):
             got = jax.jit(kb.kernel_composite_backward, static_argnums=11)(*jax.device_put(res, gpu), cfg)
             for name, e, g in zip(GRADS, expected, got, strict=True):
                 e, g = np.asarray(e), np.asarray(g)
-                np.testing.assert_allclose(g, e, rtol=tol["rtol"], atol=tol["atol"] * np.abs(e).max(), err_msg=name)
+                np.testing.assert_allclose(
+                    g, e, rtol=tol["rtol"], atol=tol["atol"] * np.abs(e).max(), err_msg=name
+                )

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
+import functools
 import hashlib
 import os
 import platform as host_platform
@@ -187,7 +188,15 @@ def build_plan(platform: str = "cpu", source_dir: Path | None = None) -> BuildPl
             raise KernelBuildError(f"kernel source {path} is missing")
         digest.update(name.encode() + b"\0" + path.read_bytes() + b"\0")
     stat = os.stat(compiler)
-    for part in (platform, jaxlib.__version__, compiler, str(stat.st_size), str(stat.st_mtime_ns), *flags, machine):
+    for part in (
+        platform,
+        jaxlib.__version__,
+        compiler,
+        str(stat.st_size),
+        str(stat.st_mtime_ns),
+        *flags,
+        machine,
+    ):
         digest.update(part.encode() + b"\0")
     library = cache_dir() / f"composite_backward_{platform}_{digest.hexdigest()[:20]}.so"
     return BuildPlan(platform, command, library)
@@ -257,6 +266,14 @@ def _load(platform: str) -> _LoadState:
         return _LoadState(False, f"building it failed: {err}")
     try:
         handle = ctypes.CDLL(str(library))
+        if platform == "cuda":
+            probe = handle.ZerohsiCompositeBackwardCudaProbe
+            probe.restype = ctypes.c_int
+            message = ctypes.create_string_buffer(512)
+            if probe(message, len(message)) != 0:
+                return _LoadState(
+                    False, f"{library} cannot run on this GPU: {message.value.decode()}", library
+                )
         capsule = jax.ffi.pycapsule(getattr(handle, _SYMBOLS[platform]))
         jax.ffi.register_ffi_target(TARGET_NAME, capsule, platform=_FFI_PLATFORMS[platform])
     except Exception as err:  # a stale or foreign library in the cache, a jaxlib without FFI
@@ -272,6 +289,7 @@ def kernel_status(platform: str = "cpu") -> str:
     return "available" if state.available else state.reason
 
 
+@functools.cache
 def _has_cuda() -> bool:
     try:
         return len(jax.devices("cuda")) > 0
@@ -306,9 +324,19 @@ def _num_threads() -> int:
 
 
 def kernel_composite_backward(
-    means2d, conics, opacities, features, background, ids, counts, pix, final_trans, stop, grad_out,
+    means2d,
+    conics,
+    opacities,
+    features,
+    background,
+    ids,
+    counts,
+    pix,
+    final_trans,
+    stop,
+    grad_out,
     cfg: RasterConfig,
-):  # fmt: skip
+):
     """The compiled twin of `composite.composite_backward` (same arguments, same results).
     The target must be registered for the platform it runs on (`load_kernel`)."""
     floats = (means2d, conics, opacities, features, background)
@@ -334,9 +362,19 @@ def kernel_composite_backward(
 
 
 def composite_backward_compiled(
-    means2d, conics, opacities, features, background, ids, counts, pix, final_trans, stop, grad_out,
+    means2d,
+    conics,
+    opacities,
+    features,
+    background,
+    ids,
+    counts,
+    pix,
+    final_trans,
+    stop,
+    grad_out,
     cfg: RasterConfig,
-):  # fmt: skip
+):
     """The backward `RasterConfig.backward` = 'auto' or 'kernel' selects: the kernel on each
     platform where it is built, the pure-JAX `composite_backward` on the others. The choice is
     made when XLA lowers for a platform, so one traced function serves CPU and GPU."""
