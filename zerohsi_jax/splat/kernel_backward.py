@@ -33,6 +33,7 @@ import os
 import platform as host_platform
 import shlex
 import shutil
+import site
 import subprocess
 import sys
 import tempfile
@@ -81,6 +82,7 @@ def kernel_source_dir() -> Path:
     candidates = [
         Path(__file__).resolve().parents[2] / "kernels",
         Path(sys.prefix) / "share" / "zerohsi_jax" / "kernels",
+        Path(site.USER_BASE or "~").expanduser() / "share" / "zerohsi_jax" / "kernels",  # pip --user
     ]
     for candidate in candidates:
         if (candidate / _SOURCES["cpu"][0]).is_file():
@@ -304,7 +306,7 @@ def _warn_fallback(platform: str) -> None:
     state.warned = True
     warnings.warn(
         f"zerohsi_jax: the compiled compositing backward is unavailable on {platform}, so the "
-        f"pure-JAX backward is used there (same gradients, slower). Set "
+        f"pure-JAX backward is used there (the same gradients up to rounding, slower). Set "
         f"RasterConfig(backward='jax') to silence this. Reason: {state.reason}",
         RuntimeWarning,
         stacklevel=3,
