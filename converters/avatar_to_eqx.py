@@ -120,7 +120,9 @@ def infer_config(state: dict[str, np.ndarray]) -> dict:
             out_ch = state[pre + "to_rgbs1.0.conv.weight"].shape[1] // 4
             inp_ch = state[pre + "conv_in.1.weight"].shape[1]
             blocks = sum(1 for k in state if k.startswith(pre + "to_rgbs1.") and k.endswith(".conv.weight"))
-            levels = sum(1 for k in state if k.startswith(pre + "from_rgbs.") and k.endswith(".conv.0.weight"))
+            levels = sum(
+                1 for k in state if k.startswith(pre + "from_rgbs.") and k.endswith(".conv.0.weight")
+            )
         except KeyError:
             nets[name] = {**official.__dict__, **default}
             continue
@@ -129,7 +131,9 @@ def infer_config(state: dict[str, np.ndarray]) -> dict:
             inp_size=2 ** (levels + mid + 1), inp_ch=inp_ch, out_ch=out_ch, out_size=2 ** (mid + blocks + 1),
             style_dim=style_dim, n_mlp=n_mlp,
         )  # fmt: skip
-        observed = sorted({int(v.shape[0]) for k, v in state.items() if k.startswith(pre) and k.endswith("activate.bias")})
+        observed = sorted(
+            {int(v.shape[0]) for k, v in state.items() if k.startswith(pre) and k.endswith("activate.bias")}
+        )
         # The channel widths: the (multiplier, cap) whose layout matches the most keys, so that a
         # damaged checkpoint is reported key by key rather than as a different network.
         chosen, best = None, -1
@@ -151,7 +155,10 @@ def infer_config(state: dict[str, np.ndarray]) -> dict:
         nets[name] = (chosen or StyleUNetConfig(**base)).__dict__
     viewdir = None
     if "viewdir_net.0.weight" in state:
-        viewdir = {"hidden": int(state["viewdir_net.0.weight"].shape[0]), "out": int(state["viewdir_net.2.weight"].shape[0])}
+        viewdir = {
+            "hidden": int(state["viewdir_net.0.weight"].shape[0]),
+            "out": int(state["viewdir_net.2.weight"].shape[0]),
+        }
     return {"nets": nets, "viewdir": viewdir}
 
 
@@ -162,7 +169,9 @@ def find_file(template_dir: Path, name: str) -> Path:
         for candidate in (folder / name, folder / f"{stem}.npy"):
             if candidate.is_file():
                 return candidate
-    raise ConversionError(f"template file {name} not found in {template_dir} or {template_dir / 'smpl_pos_map'}")
+    raise ConversionError(
+        f"template file {name} not found in {template_dir} or {template_dir / 'smpl_pos_map'}"
+    )
 
 
 def knn_mean_sq_dist(points: np.ndarray, k: int = 3) -> np.ndarray:
@@ -198,7 +207,8 @@ def build_template(template_dir, smplx_model, map_size: int):
     weights = np.load(find_file(template_dir, LBS_FILE)).astype(np.float64)
     if weights.shape != (len(points), 55):
         raise ConversionError(
-            f"{LBS_FILE} has shape {weights.shape}, expected ({len(points)}, 55): one row per body pixel of {POS_MAP}"
+            f"{LBS_FILE} has shape {weights.shape}, expected ({len(points)}, 55): "
+            f"one row per body pixel of {POS_MAP}"
         )
     with np.load(find_file(template_dir, PARAMS_FILE)) as params:
         betas = np.asarray(params["betas"], np.float64).reshape(-1)
@@ -246,15 +256,29 @@ def convert(checkpoint, template_dir, smplx_model, output, *, weight_viewdirs: f
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m converters.avatar_to_eqx", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m converters.avatar_to_eqx", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--checkpoint", required=True, help="official net.pt (a dict with 'avatar_net')")
-    parser.add_argument("--template-dir", required=True, help="the avatar's data dir (with smpl_pos_map/ and smpl_params.npz)")
-    parser.add_argument("--smplx-model", required=True, help="SMPL-X model .npz (SMPLX_NEUTRAL.npz) the avatar was made with")
+    parser.add_argument(
+        "--template-dir", required=True, help="the avatar's data dir (with smpl_pos_map/ and smpl_params.npz)"
+    )
+    parser.add_argument(
+        "--smplx-model", required=True, help="SMPL-X model .npz (SMPLX_NEUTRAL.npz) the avatar was made with"
+    )
     parser.add_argument("-o", "--output", required=True, help="output avatar file")
-    parser.add_argument("--weight-viewdirs", type=float, default=1.0, help="the training config's weight_viewdirs (default 1)")
+    parser.add_argument(
+        "--weight-viewdirs", type=float, default=1.0, help="the training config's weight_viewdirs (default 1)"
+    )
     args = parser.parse_args(argv)
     try:
-        path = convert(args.checkpoint, args.template_dir, args.smplx_model, args.output, weight_viewdirs=args.weight_viewdirs)
+        path = convert(
+            args.checkpoint,
+            args.template_dir,
+            args.smplx_model,
+            args.output,
+            weight_viewdirs=args.weight_viewdirs,
+        )
     except (ConversionError, ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

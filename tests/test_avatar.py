@@ -72,7 +72,9 @@ def test_canonical_pose_returns_template_and_root_is_rigid(avatar):
     j0 = np.asarray(t.joints_rest[0])
     want = (np.asarray(t.cano_means) - j0) @ rot.T + j0 + np.asarray(r)
     np.testing.assert_allclose(g2.means, want, atol=1e-5)
-    np.testing.assert_allclose(quat_to_rotmat(g2.quats), rot @ np.asarray(quat_to_rotmat(t.base_quats)), atol=1e-5)
+    np.testing.assert_allclose(
+        quat_to_rotmat(g2.quats), rot @ np.asarray(quat_to_rotmat(t.base_quats)), atol=1e-5
+    )
 
 
 def test_joint_transforms_match_the_body_model(avatar, body):
@@ -98,7 +100,13 @@ def test_skinned_gaussians_follow_the_posed_mesh(avatar, body):
 def mesh_silhouette(verts, faces, cam: Camera) -> np.ndarray:
     """Binary mask of a mesh: project the vertices, fill every front-of-camera triangle."""
     p = verts @ np.asarray(cam.viewmat[:3, :3]).T + np.asarray(cam.viewmat[:3, 3])
-    uv = np.stack([float(cam.fx) * p[:, 0] / p[:, 2] + float(cam.cx), float(cam.fy) * p[:, 1] / p[:, 2] + float(cam.cy)], -1)
+    uv = np.stack(
+        [
+            float(cam.fx) * p[:, 0] / p[:, 2] + float(cam.cx),
+            float(cam.fy) * p[:, 1] / p[:, 2] + float(cam.cy),
+        ],
+        -1,
+    )
     mask = np.zeros((cam.height, cam.width), np.uint8)
     shift = 4  # sub-pixel vertex positions for fillPoly; pixel centres at +0.5
     tris = np.round((uv[faces] - 0.5) * (1 << shift)).astype(np.int32)
@@ -116,7 +124,11 @@ def test_render_matches_posed_smplx_silhouette(avatar, body):
     out = render(g, cam, jnp.zeros(3), config=fit_capacity(g, cam))
     assert int(out.overflow) == 0
     rendered = np.asarray(out.alpha) > 0.5
-    verts = np.asarray(body(betas=jnp.zeros((1, 10)), global_orient=go[None], body_pose=bp[None], transl=tr[None]).vertices[0])
+    verts = np.asarray(
+        body(betas=jnp.zeros((1, 10)), global_orient=go[None], body_pose=bp[None], transl=tr[None]).vertices[
+            0
+        ]
+    )
     mesh = mesh_silhouette(verts, np.asarray(body.faces), cam)
     iou = (rendered & mesh).sum() / (rendered | mesh).sum()
     assert mesh.sum() > 1500
@@ -130,7 +142,9 @@ def test_jit_vmap_over_poses_and_cameras_and_gradients(avatar):
     bp = jnp.stack([random_pose(rng) for _ in range(n)])
     tr = jnp.asarray(rng.normal(0, 0.3, (n, 3)), jnp.float32)
     cams = jnp.asarray(rng.normal(0, 1, (n, 3)) + [0, 0, 3], jnp.float32)
-    batched = eqx.filter_jit(eqx.filter_vmap(lambda a, *x: a(*x), in_axes=(None, 0, 0, 0, 0)))(avatar, go, bp, tr, cams)
+    batched = eqx.filter_jit(eqx.filter_vmap(lambda a, *x: a(*x), in_axes=(None, 0, 0, 0, 0)))(
+        avatar, go, bp, tr, cams
+    )
     assert batched.means.shape == (n, avatar.num_gaussians, 3)
     for i in range(n):
         single = forward(avatar, go[i], bp[i], tr[i], cams[i])
@@ -168,9 +182,14 @@ def test_save_and_load_roundtrip(avatar, tmp_path):
     loaded = load_avatar(path)
     assert isinstance(loaded, AnimatableAvatar)
     rng = np.random.default_rng(6)
-    args = (jnp.array([0.1, 0.2, 0.3]), random_pose(rng), jnp.array([0.0, 0.1, 0.0]), jnp.array([1.0, 0.5, 3.0]))
+    args = (
+        jnp.array([0.1, 0.2, 0.3]),
+        random_pose(rng),
+        jnp.array([0.0, 0.1, 0.0]),
+        jnp.array([1.0, 0.5, 3.0]),
+    )
     a, b = forward(avatar, *args), forward(loaded, *args)
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
         np.testing.assert_array_equal(x, y)
 
 
@@ -185,12 +204,17 @@ def test_missing_and_broken_avatar_files(tmp_path):
 
 def test_official_size_layout():
     """At the official size the three DualStyleUNets + view net hold 223,648,936 parameters."""
-    nets = {ch: jax.eval_shape(lambda ch=ch: DualStyleUNet(StyleUNetConfig(out_ch=ch), key=jax.random.key(0))) for ch in (3, 8)}
+    nets = {
+        ch: jax.eval_shape(lambda ch=ch: DualStyleUNet(StyleUNetConfig(out_ch=ch), key=jax.random.key(0)))
+        for ch in (3, 8)
+    }
     total = 0
     for ch, count in ((3, 2), (8, 1)):
         net = nets[ch]
         shapes = expected_shapes(net)
-        params = {k: s for k, s in shapes.items() if k not in net.constant_keys() and not k.startswith("noises.")}
+        params = {
+            k: s for k, s in shapes.items() if k not in net.constant_keys() and not k.startswith("noises.")
+        }
         total += count * sum(math.prod(s) for s in params.values())
         assert shapes["noises.noise_11"] == (1, 1, 512, 512)
         assert shapes["to_rgbs2.5.conv.weight"] == (1, 4 * ch, 64, 1, 1)

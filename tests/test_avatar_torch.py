@@ -53,7 +53,9 @@ def test_upfirdn2d_matches_reference():
     ]
     for kernel, up, down, pad in cases:
         want = upfirdn(torch.from_numpy(x), torch.from_numpy(np.asarray(kernel)), up, down, pad).numpy()[0]
-        got = np.asarray(upfirdn2d(jnp.asarray(x[0].transpose(1, 2, 0)), kernel, up, down, pad)).transpose(2, 0, 1)
+        got = np.asarray(upfirdn2d(jnp.asarray(x[0].transpose(1, 2, 0)), kernel, up, down, pad)).transpose(
+            2, 0, 1
+        )
         np.testing.assert_allclose(got, want, atol=1e-5, err_msg=f"up={up} down={down} pad={pad}")
 
 
@@ -91,7 +93,8 @@ def test_full_size_layout_matches_torch_layout():
     want = {k: tuple(v.shape) for k, v in ref.state_dict().items()}
     from zerohsi_jax.avatar.io import avatar_skeleton
 
-    config = {"nets": {n: StyleUNetConfig(out_ch=8 if n == "other_net" else 3).__dict__ for n in ("position_net", "other_net", "color_net")},
+    names = ("position_net", "other_net", "color_net")
+    config = {"nets": {n: StyleUNetConfig(out_ch=8 if n == "other_net" else 3).__dict__ for n in names},
               "viewdir": {"hidden": 64, "out": 128}}  # fmt: skip
     nets, viewdir = avatar_skeleton(config)
     got = {}
@@ -139,18 +142,31 @@ def test_converter_roundtrip(tmp_path):
     np.savez(data / "smpl_params.npz", betas=np.zeros((1, 10), np.float32))
 
     out = tmp_path / "avatar.eqx"
-    args = ["--checkpoint", str(ckpt), "--template-dir", str(data), "--smplx-model", str(smplx_path), "-o", str(out)]
+    args = [
+        "--checkpoint",
+        str(ckpt),
+        "--template-dir",
+        str(data),
+        "--smplx-model",
+        str(smplx_path),
+        "-o",
+        str(out),
+    ]
     assert main(args) == 0
     avatar = load_avatar(out)
     assert avatar.color_order == "bgr" and avatar.num_gaussians == len(pts)
 
     rng = np.random.default_rng(1)
-    go, bp, tr = jnp.array([0.2, -0.4, 0.1]), jnp.asarray(rng.normal(0, 0.3, 63), jnp.float32), jnp.array([0.3, 0.0, -0.5])
+    go, bp, tr = (
+        jnp.array([0.2, -0.4, 0.1]),
+        jnp.asarray(rng.normal(0, 0.3, 63), jnp.float32),
+        jnp.array([0.3, 0.0, -0.5]),
+    )
     cam = jnp.array([0.5, 0.3, 2.5])
     gaussians, aux = eqx.filter_jit(lambda a, *x: a(*x, return_aux=True))(avatar, go, bp, tr, cam)
     _, _, cano2live, rot, trans = avatar.skeleton(go, bp, tr)
     with_root = homogeneous(rot, trans) @ cano2live
-    t = lambda x: torch.from_numpy(np.asarray(x, np.float32))  # noqa: E731
+    t = lambda x: torch.from_numpy(np.array(x, np.float32))  # noqa: E731
     ref = official_gaussians(nets, t(pos_map), t(nml_map), t(w[order]), t(cano2live), t(with_root), t(cam))
 
     np.testing.assert_allclose(aux.pose_map, ref["pose_map"].numpy().transpose(1, 2, 0), atol=1e-5)
@@ -179,4 +195,7 @@ def test_converter_roundtrip(tmp_path):
     assert "color_net.to_rgbs1.0.bias" in msg and "(1, 5, 1, 1)" in msg and "(1, 12, 1, 1)" in msg
     assert "other_net.style.2.bias" in msg and "missing" in msg
     with pytest.raises(StateDictError):
-        load_state_dict(avatar.color_net, {k[len("color_net.") :]: v.numpy() for k, v in state.items() if k.startswith("color_net.")})
+        load_state_dict(
+            avatar.color_net,
+            {k[len("color_net.") :]: v.numpy() for k, v in state.items() if k.startswith("color_net.")},
+        )

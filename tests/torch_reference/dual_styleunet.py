@@ -83,7 +83,7 @@ class Downsample(nn.Module):
 class Haar(nn.Module):
     def __init__(self):
         super().__init__()
-        for name, k in zip(("ll", "lh", "hl", "hh"), haar()):
+        for name, k in zip(("ll", "lh", "hl", "hh"), haar(), strict=True):
             self.register_buffer(name, k)
 
     def forward(self, x):
@@ -94,12 +94,15 @@ class InverseHaar(nn.Module):
     def __init__(self):
         super().__init__()
         ll, lh, hl, hh = haar()
-        for name, k in zip(("ll", "lh", "hl", "hh"), (ll, -lh, -hl, hh)):
+        for name, k in zip(("ll", "lh", "hl", "hh"), (ll, -lh, -hl, hh), strict=True):
             self.register_buffer(name, k)
 
     def forward(self, x):
         parts = x.chunk(4, 1)
-        return sum(upfirdn(p, getattr(self, n), up=2, pad=(1, 0, 1, 0)) for p, n in zip(parts, ("ll", "lh", "hl", "hh")))
+        return sum(
+            upfirdn(p, getattr(self, n), up=2, pad=(1, 0, 1, 0))
+            for p, n in zip(parts, ("ll", "lh", "hl", "hh"), strict=True)
+        )
 
 
 class EqualConv2d(nn.Module):
@@ -144,7 +147,9 @@ class PixelNorm(nn.Module):
 def conv_layer(cin, cout, k, downsample=False):
     if downsample:
         p = 2 + (k - 1)
-        return nn.Sequential(Blur(((p + 1) // 2, p // 2)), EqualConv2d(cin, cout, k, 2, 0), FusedLeakyReLU(cout))
+        return nn.Sequential(
+            Blur(((p + 1) // 2, p // 2)), EqualConv2d(cin, cout, k, 2, 0), FusedLeakyReLU(cout)
+        )
     return nn.Sequential(EqualConv2d(cin, cout, k, 1, k // 2), FusedLeakyReLU(cout))
 
 
@@ -232,8 +237,19 @@ class ConvBlock(nn.Module):
 
 
 class DualStyleUNet(nn.Module):
-    def __init__(self, inp_size=512, inp_ch=3, out_ch=3, out_size=1024, style_dim=512, n_mlp=2,
-                 middle_size=8, channel_multiplier=2, channel_max=512, lr_mlp=0.01):
+    def __init__(
+        self,
+        inp_size=512,
+        inp_ch=3,
+        out_ch=3,
+        out_size=1024,
+        style_dim=512,
+        n_mlp=2,
+        middle_size=8,
+        channel_multiplier=2,
+        channel_max=512,
+        lr_mlp=0.01,
+    ):
         super().__init__()
         self.style_dim = style_dim
         cm = channel_multiplier
@@ -281,7 +297,7 @@ class DualStyleUNet(nn.Module):
         noise = [getattr(self.noises, f"noise_{i}") for i in range(self.num_layers)]
         feats = [self.conv_in(cond)]
         image, out = cond, feats[0]
-        for from_rgb, conv in zip(self.from_rgbs, self.cond_convs):
+        for from_rgb, conv in zip(self.from_rgbs, self.cond_convs, strict=True):
             image, out = from_rgb(image, out)
             out = conv(out)
             feats.append(out)
@@ -308,13 +324,22 @@ class AvatarNets(nn.Module):
 
     def __init__(self, inp_size=512, out_size=1024, style_dim=512, channel_max=512, viewdir_hidden=64):
         super().__init__()
-        kw = dict(inp_size=inp_size, inp_ch=3, out_size=out_size, style_dim=style_dim, n_mlp=2, channel_max=channel_max)
+        kw = dict(
+            inp_size=inp_size,
+            inp_ch=3,
+            out_size=out_size,
+            style_dim=style_dim,
+            n_mlp=2,
+            channel_max=channel_max,
+        )
         self.color_net = DualStyleUNet(out_ch=3, **kw)
         self.position_net = DualStyleUNet(out_ch=3, **kw)
         self.other_net = DualStyleUNet(out_ch=8, **kw)
         view_ch = self.color_net.convs1[2 * (self.color_net.view_step // 2)].activate.bias.shape[0]
         self.viewdir_net = nn.Sequential(
-            nn.Conv2d(1, viewdir_hidden, 4, 2, 1), nn.LeakyReLU(0.2), nn.Conv2d(viewdir_hidden, view_ch, 4, 2, 1)
+            nn.Conv2d(1, viewdir_hidden, 4, 2, 1),
+            nn.LeakyReLU(0.2),
+            nn.Conv2d(viewdir_hidden, view_ch, 4, 2, 1),
         )
         self.style_dim = style_dim
 
@@ -328,7 +353,11 @@ class AvatarNets(nn.Module):
         fv = self.viewdir_net(front_viewdirs) if front_viewdirs is not None else None
         bv = self.viewdir_net(back_viewdirs) if back_viewdirs is not None else None
         out = []
-        for net, view in ((self.position_net, (None, None)), (self.other_net, (None, None)), (self.color_net, (fv, bv))):
+        for net, view in (
+            (self.position_net, (None, None)),
+            (self.other_net, (None, None)),
+            (self.color_net, (fv, bv)),
+        ):
             m = net(s, pose_map[None], *view)
             c = m.shape[1] // 2
             out.append(torch.cat([m[:, :c], m[:, c:]], 3)[0])

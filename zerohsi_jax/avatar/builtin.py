@@ -60,7 +60,10 @@ PART_COLORS = np.array(
 def load_model_arrays(path) -> dict[str, np.ndarray]:
     """The arrays of an SMPL-X `.npz` model file (the official layout)."""
     with np.load(Path(path), allow_pickle=False) as data:
-        return {k: data[k] for k in ("v_template", "f", "weights", "J_regressor", "kintree_table", "shapedirs", "posedirs")}
+        return {
+            k: data[k]
+            for k in ("v_template", "f", "weights", "J_regressor", "kintree_table", "shapedirs", "posedirs")
+        }
 
 
 def canonical_body(model: dict[str, np.ndarray], betas: np.ndarray | None = None):
@@ -193,6 +196,7 @@ def sample_surface(vertices, faces, num: int, rng: np.random.Generator):
     s = np.sqrt(r1)
     lam = np.stack([1 - s, s * (1 - r2), s * r2], -1)
     pts = np.einsum("nk,nkd->nd", lam, tri[fid])
+
     def first_per_cell(cell):
         ijk = np.floor((pts - pts.min(0)) / cell).astype(np.int64)
         packed = (ijk[:, 0] << 42) | (ijk[:, 1] << 21) | ijk[:, 2]
@@ -247,13 +251,20 @@ def garment_colors(points, weights, normals, joints, rng) -> np.ndarray:
     part = PART_OF_JOINT[np.argmax(weights, -1)]
     head = joints[15]
     is_head = np.argmax(weights, -1) == 15
-    hair = is_head & ((points[:, 1] > head[1] + 0.055) | ((points[:, 2] < head[2] - 0.01) & (points[:, 1] > head[1] - 0.05)))
+    hair = is_head & (
+        (points[:, 1] > head[1] + 0.055) | ((points[:, 2] < head[2] - 0.01) & (points[:, 1] > head[1] - 0.05))
+    )
     part = np.where(hair, HAIR, part)
     col = PART_COLORS[part].copy()
     shirt = part == SHIRT
     stripes = np.sin(points[:, 1] * 2 * np.pi / 0.06) > 0.4
     col[shirt & stripes] *= 0.72
-    chest = shirt & (points[:, 0] > 0.03) & (points[:, 0] < 0.13) & (np.abs(points[:, 1] - joints[9, 1] - 0.02) < 0.05)
+    chest = (
+        shirt
+        & (points[:, 0] > 0.03)
+        & (points[:, 0] < 0.13)
+        & (np.abs(points[:, 1] - joints[9, 1] - 0.02) < 0.05)
+    )
     col[chest & (normals[:, 2] > 0.3)] = [0.95, 0.85, 0.2]
     back = shirt & (normals[:, 2] < -0.3)
     col[back & ~stripes] = [0.14, 0.34, 0.60]
@@ -289,7 +300,8 @@ def builtin_avatar(
     """The built-in avatar on an SMPL-X body.
 
     `smplx_model`: a `zerohsi_jax.body.SMPLX`, or the path of an SMPL-X `.npz` (official
-    layout); None uses the synthetic body (`zerohsi_jax.body.synthetic`). `size`: 'small' (map 128, ~12k Gaussians, the demo's) or
+    layout); None uses the synthetic body (`zerohsi_jax.body.synthetic`).
+    `size`: 'small' (map 128, ~12k Gaussians, the demo's) or
     'medium'. `key_or_seed` seeds the networks' weights and the surface sampling."""
     if size not in SIZES:
         raise ValueError(f"size must be one of {sorted(SIZES)}, got {size!r}")

@@ -28,7 +28,8 @@ NETS = ("position_net", "other_net", "color_net")
 
 MISSING_AVATAR_HELP = (
     "An avatar file is made from a trained Animatable Gaussians avatar (lizhe00/AnimatableGaussians): "
-    "its checkpoint (net.pt, holding 'avatar_net') and its template files (smpl_pos_map/cano_smpl_pos_map.exr, "
+    "its checkpoint (net.pt, holding 'avatar_net') and its template files "
+    "(smpl_pos_map/cano_smpl_pos_map.exr, "
     "cano_smpl_nml_map.exr, init_pts_lbs.npy, and smpl_params.npz), converted with\n"
     "  python -m converters.avatar_to_eqx --checkpoint net.pt --template-dir DATA_DIR "
     "--smplx-model SMPLX_NEUTRAL.npz -o avatar.eqx\n"
@@ -46,7 +47,10 @@ def avatar_config(avatar: AnimatableAvatar) -> dict:
         "nets": {name: dataclasses.asdict(getattr(avatar, name).config) for name in NETS},
         "viewdir": None
         if avatar.viewdir_net is None
-        else {"hidden": int(avatar.viewdir_net.weight0.shape[0]), "out": int(avatar.viewdir_net.weight2.shape[0])},
+        else {
+            "hidden": int(avatar.viewdir_net.weight0.shape[0]),
+            "out": int(avatar.viewdir_net.weight2.shape[0]),
+        },
         "color_order": avatar.color_order,
         "weight_viewdirs": avatar.weight_viewdirs,
         "map_size": t.map_size,
@@ -59,7 +63,9 @@ def avatar_state_keys(avatar: AnimatableAvatar) -> dict:
     keys = {}
     for name in NETS + (("viewdir_net",) if avatar.viewdir_net is not None else ()):
         net = getattr(avatar, name)
-        keys.update({f"{name}.{k}": (lambda a, n=name, f=f: f(getattr(a, n))) for k, f in net.state_keys().items()})
+        keys.update(
+            {f"{name}.{k}": (lambda a, n=name, f=f: f(getattr(a, n))) for k, f in net.state_keys().items()}
+        )
     return keys
 
 
@@ -71,12 +77,16 @@ def network_state_dict(avatar: AnimatableAvatar) -> dict[str, np.ndarray]:
     return out
 
 
-def avatar_skeleton(config: dict, template: AvatarTemplate | None = None):
-    """An avatar of `jax.ShapeDtypeStruct` leaves with the given sizes (no memory, no init)."""
+def avatar_skeleton(config: dict):
+    """The networks (dict by name) and view-direction net (or None) of an avatar config, with
+    `jax.ShapeDtypeStruct` leaves: the layout at no memory and no init cost."""
 
     def build():
         keys = jax.random.split(jax.random.key(0), 4)
-        nets = {name: DualStyleUNet(StyleUNetConfig(**config["nets"][name]), key=k) for name, k in zip(NETS, keys)}
+        nets = {
+            name: DualStyleUNet(StyleUNetConfig(**config["nets"][name]), key=keys[i])
+            for i, name in enumerate(NETS)
+        }
         view = config.get("viewdir")
         viewdir = None if view is None else ViewDirNet(view["out"], view["hidden"], key=keys[3])
         return nets, viewdir
@@ -85,7 +95,9 @@ def avatar_skeleton(config: dict, template: AvatarTemplate | None = None):
     return nets, viewdir
 
 
-def build_avatar(config: dict, state: dict[str, np.ndarray], template: AvatarTemplate, *, strict: bool = True):
+def build_avatar(
+    config: dict, state: dict[str, np.ndarray], template: AvatarTemplate, *, strict: bool = True
+):
     """An `AnimatableAvatar` from a config, an official-layout state dict and a template."""
     nets, viewdir = avatar_skeleton(config)
     loaded = {name: load_state_dict(nets[name], state, prefix=f"{name}.", strict=False) for name in NETS}
@@ -133,7 +145,9 @@ def check_network_state(config: dict, state: dict[str, np.ndarray]) -> None:
     prefixes = tuple(f"{n}." for n in NETS + ("viewdir_net",))
     stray = sorted(k for k in state if not k.startswith(prefixes))
     if stray:
-        errors.append("unexpected keys: " + ", ".join(f"{k!r} {tuple(np.shape(state[k]))}" for k in stray[:20]))
+        errors.append(
+            "unexpected keys: " + ", ".join(f"{k!r} {tuple(np.shape(state[k]))}" for k in stray[:20])
+        )
     if errors:
         raise AvatarFileError("\n".join(errors))
 
@@ -149,11 +163,17 @@ def template_from_arrays(arrays: dict[str, np.ndarray], config: dict) -> AvatarT
     values = {}
     for name in AvatarTemplate.ARRAY_FIELDS:
         a = np.asarray(arrays[f"template.{name}"])
-        values[name] = jnp.asarray(a.astype(np.int32) if np.issubdtype(a.dtype, np.integer) else a.astype(np.float32))
-    return AvatarTemplate(**values, map_size=int(config["map_size"]), parents=tuple(int(p) for p in config["parents"]))
+        values[name] = jnp.asarray(
+            a.astype(np.int32) if np.issubdtype(a.dtype, np.integer) else a.astype(np.float32)
+        )
+    return AvatarTemplate(
+        **values, map_size=int(config["map_size"]), parents=tuple(int(p) for p in config["parents"])
+    )
 
 
-def write_avatar_file(path, config: dict, state: dict[str, np.ndarray], template: dict[str, np.ndarray]) -> Path:
+def write_avatar_file(
+    path, config: dict, state: dict[str, np.ndarray], template: dict[str, np.ndarray]
+) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"__format__": np.array(FORMAT), "__config__": np.array(json.dumps(config))}
@@ -169,7 +189,9 @@ def write_avatar_file(path, config: dict, state: dict[str, np.ndarray], template
 
 def save_avatar(avatar: AnimatableAvatar, path) -> Path:
     """Write `avatar` (networks in the official key layout + template) to one file."""
-    return write_avatar_file(path, avatar_config(avatar), network_state_dict(avatar), template_arrays(avatar.template))
+    return write_avatar_file(
+        path, avatar_config(avatar), network_state_dict(avatar), template_arrays(avatar.template)
+    )
 
 
 def load_avatar(path) -> AnimatableAvatar:
@@ -183,7 +205,9 @@ def load_avatar(path) -> AnimatableAvatar:
     except Exception as err:  # noqa: BLE001 - any unreadable file gets the same guidance
         raise AvatarFileError(f"{path} is not an avatar file ({err}). {MISSING_AVATAR_HELP}") from None
     if str(arrays.get("__format__", "")) != FORMAT:
-        raise AvatarFileError(f"{path}: unknown format {str(arrays.get('__format__'))!r}, expected {FORMAT!r}")
+        raise AvatarFileError(
+            f"{path}: unknown format {str(arrays.get('__format__'))!r}, expected {FORMAT!r}"
+        )
     config = json.loads(str(arrays.pop("__config__")))
     arrays.pop("__format__")
     template = template_from_arrays({k: v for k, v in arrays.items() if k.startswith("template.")}, config)

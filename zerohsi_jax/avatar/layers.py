@@ -138,6 +138,38 @@ def conv2d(x: Float[Array, "H W Ci"], weight_oihw, stride: int = 1, padding: int
     )[0]  # fmt: skip
 
 
+def conv_transpose2d_stride2(x: Float[Array, "H W Ci"], weight_oihw) -> Float[Array, "h w Co"]:
+    """`F.conv_transpose2d(x, weight.transpose(0, 1), stride=2, padding=0)` (output 2H + k - 2).
+
+    Computed by phases: output pixel (2m + p, 2n + q) only sees kernel taps of parity (p, q),
+    so one plain convolution with ceil(k/2)^2 taps and 4x the output channels gives all four
+    phases, which are then interleaved. On CPU this is ~2x faster forward and ~20x faster for
+    the weight gradient than the zero-dilated convolution."""
+    out_ch, in_ch, k, _ = weight_oihw.shape
+    taps = (k + 1) // 2
+    # phase_w[p, q, o, i, t, u] = w[o, i, p + 2 (taps-1-t), q + 2 (taps-1-u)] (zero outside).
+    idx = np.array([[p + 2 * (taps - 1 - t) for t in range(taps)] for p in range(2)])  # (2, taps)
+    valid = idx < k
+    idx = np.minimum(idx, k - 1)
+    w = weight_oihw[:, :, idx[:, None, :, None], idx[None, :, None, :]]  # (O, I, 2, 2, taps, taps)
+    w = w * jnp.asarray((valid[:, None, :, None] & valid[None, :, None, :]), weight_oihw.dtype)
+    w = jnp.transpose(w, (2, 3, 0, 1, 4, 5)).reshape(4 * out_ch, in_ch, taps, taps)
+    h, wd = x.shape[0], x.shape[1]
+    # Pad the end explicitly and the start in the convolution, so that the convolution keeps
+    # its input size: XLA's CPU gradients of size-changing convolutions are up to 20x slower.
+    x = jnp.pad(x, ((0, taps - 1), (0, taps - 1), (0, 0)))
+    out = jax.lax.conv_general_dilated(
+        x[None],
+        w,
+        window_strides=(1, 1),
+        padding=[(taps - 1, 0)] * 2,
+        dimension_numbers=("NHWC", "OIHW", "NHWC"),
+    )[0]  # (H + taps - 1, W + taps - 1, 4 O), channels ordered (p, q, o)
+    oh, ow = out.shape[0], out.shape[1]
+    out = out.reshape(oh, ow, 2, 2, out_ch).transpose(0, 2, 1, 3, 4).reshape(2 * oh, 2 * ow, out_ch)
+    return out[: 2 * h + k - 2, : 2 * wd + k - 2]
+
+
 def resize_bilinear(x: Float[Array, "H W C"], height: int, width: int) -> Float[Array, "h w C"]:
     """`F.interpolate(mode='bilinear', align_corners=False)`: half-pixel centres, source
     coordinates below zero clamped to zero, the upper neighbour clamped to the last pixel."""
@@ -244,15 +276,17 @@ class ModulatedConv2d(eqx.Module):
         if self.demodulate:
             w = w * jax.lax.rsqrt(jnp.sum(w * w, axis=(1, 2, 3)) + 1e-8)[:, None, None, None]
         if self.upsample:
-            # conv_transpose2d(stride 2, padding 0) = correlation of the zero-dilated input,
-            # padded by k-1, with the spatially flipped kernel; then the 4x4 blur (gain 4).
-            out = conv2d(x, w[:, :, ::-1, ::-1], padding=k - 1, lhs_dilation=2)
+            # conv_transpose2d(stride 2, padding 0), then the 4x4 blur (gain 4).
+            out = conv_transpose2d_stride2(x, w)
             p = (len(BLUR_KERNEL) - 2) - (k - 1)
             return upfirdn2d(out, make_kernel() * 4.0, pad=((p + 1) // 2 + 1, p // 2 + 1))
         return conv2d(x, w, padding=k // 2)
 
     def state_keys(self) -> KeyMap:
-        return {"weight": lambda m: m.weight, **nest("modulation", lambda m: m.modulation, self.modulation.state_keys())}
+        return {
+            "weight": lambda m: m.weight,
+            **nest("modulation", lambda m: m.modulation, self.modulation.state_keys()),
+        }
 
     def constant_keys(self) -> dict[str, np.ndarray]:
         return {"blur.kernel": make_kernel() * 4.0} if self.upsample else {}
@@ -295,7 +329,7 @@ def inverse_haar_transform(x: Float[Array, "H W 4C"]) -> Float[Array, "h w C"]:
     ll, lh, hl, hh = haar_kernels()
     parts = jnp.split(x, 4, axis=-1)
     kernels = (ll, -lh, -hl, hh)
-    return sum(upfirdn2d(p, k, up=2, pad=(1, 0, 1, 0)) for p, k in zip(parts, kernels))
+    return sum(upfirdn2d(p, k, up=2, pad=(1, 0, 1, 0)) for p, k in zip(parts, kernels, strict=True))
 
 
 def haar_constants(inverse: bool) -> dict[str, np.ndarray]:

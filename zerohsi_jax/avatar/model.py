@@ -87,7 +87,9 @@ class AvatarTemplate(eqx.Module):
 def canonical_inverse_transforms(joints_rest: np.ndarray, parents: tuple[int, ...]) -> np.ndarray:
     """A_cano^-1 for every joint (float64 inverse of the canonical-pose transforms)."""
     pose = full_pose(jnp.asarray(CANONICAL_BODY_POSE.reshape(-1), jnp.float32))
-    _, a_cano = jax.jit(joint_transforms, static_argnums=2)(pose, jnp.asarray(joints_rest, jnp.float32), parents)
+    _, a_cano = jax.jit(joint_transforms, static_argnums=2)(
+        pose, jnp.asarray(joints_rest, jnp.float32), parents
+    )
     return np.linalg.inv(np.asarray(a_cano, np.float64)).astype(np.float32)
 
 
@@ -184,13 +186,25 @@ class AnimatableAvatar(eqx.Module):
                     f"AnimatableAvatar.{name} maps {c.inp_size} -> {c.out_size} px but the template's maps "
                     f"need {s // 2} -> {s}"
                 )
-        if self.other_net.config.out_ch != 8 or self.position_net.config.out_ch != 3 or self.color_net.config.out_ch != 3:
-            raise ValueError("AnimatableAvatar needs position_net (3 out), other_net (8 out), color_net (3 out)")
+        if (
+            self.other_net.config.out_ch != 8
+            or self.position_net.config.out_ch != 3
+            or self.color_net.config.out_ch != 3
+        ):
+            raise ValueError(
+                "AnimatableAvatar needs position_net (3 out), other_net (8 out), color_net (3 out)"
+            )
 
     # ------------------------------------------------------------------ pieces of the forward
     def skeleton(
         self, global_orient, body_pose, transl, *, jaw_pose=None, left_hand_pose=None, right_hand_pose=None
-    ) -> tuple[Float[Array, "J 3"], Float[Array, "J 4 4"], Float[Array, "J 4 4"], Float[Array, "3 3"], Float[Array, "3"]]:
+    ) -> tuple[
+        Float[Array, "J 3"],
+        Float[Array, "J 4 4"],
+        Float[Array, "J 4 4"],
+        Float[Array, "3 3"],
+        Float[Array, "3"],
+    ]:
         """(world joints, world transforms A, canonical-to-live transforms without the root,
         root rotation, root translation)."""
         t = self.template
@@ -278,7 +292,9 @@ class AnimatableAvatar(eqx.Module):
         )
         if not return_aux:
             return gaussians
-        return gaussians, AvatarAux(joints=joints, joint_transforms=world_a, offsets=offsets, pose_map=pose_map)
+        return gaussians, AvatarAux(
+            joints=joints, joint_transforms=world_a, offsets=offsets, pose_map=pose_map
+        )
 
     # ------------------------------------------------------------------ parameter groups
     def color_filter(self, include_viewdir: bool = False):
@@ -293,7 +309,9 @@ class AnimatableAvatar(eqx.Module):
 
         mask = eqx.tree_at(lambda a: a.color_net, mask, trainable(self.color_net))
         if include_viewdir and self.viewdir_net is not None:
-            mask = eqx.tree_at(lambda a: a.viewdir_net, mask, jax.tree.map(eqx.is_inexact_array, self.viewdir_net))
+            mask = eqx.tree_at(
+                lambda a: a.viewdir_net, mask, jax.tree.map(eqx.is_inexact_array, self.viewdir_net)
+            )
         return mask
 
     def network_filter(self):
@@ -305,7 +323,9 @@ class AnimatableAvatar(eqx.Module):
             m = eqx.tree_at(lambda n: n.noises, m, [False] * len(net.noises))
             mask = eqx.tree_at(lambda a, name=name: getattr(a, name), mask, m)
         if self.viewdir_net is not None:
-            mask = eqx.tree_at(lambda a: a.viewdir_net, mask, jax.tree.map(eqx.is_inexact_array, self.viewdir_net))
+            mask = eqx.tree_at(
+                lambda a: a.viewdir_net, mask, jax.tree.map(eqx.is_inexact_array, self.viewdir_net)
+            )
         return mask
 
     @property

@@ -112,7 +112,9 @@ def root_transform(
     return rot, root_joint + transl - rot @ root_joint
 
 
-def blend_transforms(weights: Float[Array, "N J"], transforms: Float[Array, "J 4 4"]) -> Float[Array, "N 3 4"]:
+def blend_transforms(
+    weights: Float[Array, "N J"], transforms: Float[Array, "J 4 4"]
+) -> Float[Array, "N 3 4"]:
     """Per-point blended 3x4 transforms sum_j w_j T_j (the last row is not needed)."""
     return jnp.einsum("nj,jab->nab", weights, transforms[:, :3, :])
 

@@ -34,7 +34,9 @@ def to_state_dict(module, prefix: str = "") -> dict[str, np.ndarray]:
     return out
 
 
-def check_state_dict(module, state: Mapping[str, np.ndarray], prefix: str = "", *, strict: bool = True) -> None:
+def check_state_dict(
+    module, state: Mapping[str, np.ndarray], prefix: str = "", *, strict: bool = True
+) -> None:
     """Raise `StateDictError` naming each missing key (with the shape it needs), each key whose
     shape differs, each fixed filter whose value differs, and (strict) each unexpected key."""
     problems = []
@@ -57,10 +59,14 @@ def check_state_dict(module, state: Mapping[str, np.ndarray], prefix: str = "", 
     if problems:
         shown = "\n  ".join(problems[:20])
         more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
-        raise StateDictError(f"state dict does not match {type(module).__name__} ({prefix or 'root'}):\n  {shown}{more}")
+        raise StateDictError(
+            f"state dict does not match {type(module).__name__} ({prefix or 'root'}):\n  {shown}{more}"
+        )
 
 
-def load_state_dict(module, state: Mapping[str, np.ndarray], prefix: str = "", *, strict: bool = True, dtype=jnp.float32):
+def load_state_dict(
+    module, state: Mapping[str, np.ndarray], prefix: str = "", *, strict: bool = True, dtype=jnp.float32
+):
     """`module` with every parameter and buffer taken from `state` (checked first)."""
     check_state_dict(module, state, prefix, strict=strict)
     keys = module.state_keys()

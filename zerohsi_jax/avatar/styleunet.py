@@ -66,7 +66,9 @@ class StyleUNetConfig:
         if not self.middle_size < self.inp_size // 2 < self.out_size:
             raise ValueError("need middle_size < inp_size / 2 < out_size")
         if self.out_size // 4 <= self.middle_size:
-            raise ValueError("out_size must be at least 4 * 2 * middle_size (the view-feature block needs it)")
+            raise ValueError(
+                "out_size must be at least 4 * 2 * middle_size (the view-feature block needs it)"
+            )
 
     def channels(self, res: int) -> int:
         cm = self.channel_multiplier
@@ -156,7 +158,9 @@ class DualStyleUNet(eqx.Module):
     def style_latent(self) -> Float[Array, " S"]:
         """The style code every layer uses: the mapping MLP of the constant ones / sqrt(dim)
         input (AvatarNet's `*_style`; one code, so the latent is the same for all layers)."""
-        s = jnp.ones((self.config.style_dim,), self.style_mlp[0].weight.dtype) / math.sqrt(self.config.style_dim)
+        s = jnp.ones((self.config.style_dim,), self.style_mlp[0].weight.dtype) / math.sqrt(
+            self.config.style_dim
+        )
         s = pixel_norm(s)
         for layer in self.style_mlp:
             s = layer(s)
@@ -166,7 +170,7 @@ class DualStyleUNet(eqx.Module):
         image = cond
         out = self.conv_in(image)
         feats = [out]
-        for from_rgb, cond_conv in zip(self.from_rgbs, self.cond_convs):
+        for from_rgb, cond_conv in zip(self.from_rgbs, self.cond_convs, strict=True):
             image, out = from_rgb(image, out)
             out = cond_conv(out)
             feats.append(out)
@@ -197,7 +201,9 @@ class DualStyleUNet(eqx.Module):
         """The front and back output maps (the official output concatenates them on channels)."""
         c = self.config
         if cond.shape != (c.inp_size, c.inp_size, c.inp_ch):
-            raise ValueError(f"DualStyleUNet expects a {(c.inp_size, c.inp_size, c.inp_ch)} map, got {cond.shape}")
+            raise ValueError(
+                f"DualStyleUNet expects a {(c.inp_size, c.inp_size, c.inp_ch)} map, got {cond.shape}"
+            )
         feats = self.encode(cond)
         latent = self.style_latent()
         front = self.decode(feats, latent, self.convs1, self.to_rgbs1, view_feature_front)
@@ -226,7 +232,9 @@ class DualStyleUNet(eqx.Module):
         return consts
 
     @staticmethod
-    def random(config: StyleUNetConfig = StyleUNetConfig(), seed: int | np.random.Generator = 0) -> DualStyleUNet:
+    def random(
+        config: StyleUNetConfig = StyleUNetConfig(), seed: int | np.random.Generator = 0
+    ) -> DualStyleUNet:
         """A network with the official initialisation (weights N(0, 1), EqualLinear weights
         N(0, 1) / lr_mul, modulation biases 1, other biases and noise gains 0, noise maps
         N(0, 1)), drawn with numpy: much faster than per-layer `jax.random` calls outside jit."""
@@ -254,8 +262,14 @@ class DualStyleUNet(eqx.Module):
 
         def zero(to_rgbs):
             return [
-                eqx.tree_at(lambda t: (t.conv.weight, t.bias), t, (jnp.zeros_like(t.conv.weight), jnp.zeros_like(t.bias)))
+                eqx.tree_at(
+                    lambda t: (t.conv.weight, t.bias),
+                    t,
+                    (jnp.zeros_like(t.conv.weight), jnp.zeros_like(t.bias)),
+                )
                 for t in to_rgbs
             ]
 
-        return eqx.tree_at(lambda n: (n.to_rgbs1, n.to_rgbs2), self, (zero(self.to_rgbs1), zero(self.to_rgbs2)))
+        return eqx.tree_at(
+            lambda n: (n.to_rgbs1, n.to_rgbs2), self, (zero(self.to_rgbs1), zero(self.to_rgbs2))
+        )
