@@ -5,7 +5,7 @@ shape and expression blend shapes, Rodrigues rotations, pose blend shapes, the r
 the kinematic tree, skinning, then the 21 extra vertex joints and the 51 face landmarks appended to
 the 55 tree joints (127 in all) and `transl` added last.
 
-Three exact reorganisations make it cheaper than smplx without changing the result:
+Exact reorganisations make it cheaper than smplx without changing the result:
 - Joints are linear in the shape coefficients, so `J_regressor @ v_template` and
   `J_regressor @ shapedirs` are folded at load time (no (55 x 10475) product per call).
 - The kinematic chain is evaluated level by level (11 levels for SMPL-X's 55 joints), each level
@@ -13,6 +13,10 @@ Three exact reorganisations make it cheaper than smplx without changing the resu
 - Per-vertex arrays are kept coordinate-major, (batch, 3, 10475), until the end: the blend-shape and
   skinning products become plain 2-D matrix products with the long vertex axis innermost, and
   applying the blended 3x4 transforms is a vectorised multiply-add instead of 10,475 tiny products.
+  Shape, expression and pose blend shapes are one product with the stacked directions.
+- Skinning runs over the batch in chunks of 8 (rematerialised in the backward pass), so the largest
+  temporaries stay small; large per-call temporaries otherwise cost more in fresh-page faults than
+  in arithmetic on the CPU.
 """
 
 from __future__ import annotations
@@ -94,8 +98,9 @@ class SMPLX(eqx.Module):
     v_template: Float[Array, "10475 3"]
     # Coordinate-major copies for the forward pass: index c * 10475 + v.
     template_cm: Float[Array, " V3"]
-    shapedirs: Float[Array, "S V3"]  # shape then expression directions, (num_betas + num_expr, 3*10475)
-    posedirs: Float[Array, "486 V3"]
+    # Shape, expression and pose blend directions stacked, (num_betas + num_expr + 486, 3 * 10475):
+    # the posed rest mesh is one matrix product of [betas, expression, pose feature] with it.
+    blend_dirs: Float[Array, "D V3"]
     joint_template: Float[Array, "55 3"]  # J_regressor @ v_template
     joint_shapedirs: Float[Array, "S 165"]  # J_regressor @ shapedirs
     J_regressor: Float[Array, "55 10475"]
@@ -253,8 +258,14 @@ class SMPLX(eqx.Module):
         return cls(
             v_template=f(v_template),
             template_cm=f(np.asarray(v_template).T.reshape(-1)),
-            shapedirs=f(dirs.transpose(2, 1, 0).reshape(n_dirs, 3 * NUM_VERTICES)),
-            posedirs=f(np.asarray(posedirs).transpose(2, 1, 0).reshape(NUM_POSE_FEATURES, 3 * NUM_VERTICES)),
+            blend_dirs=f(
+                np.concatenate(
+                    [
+                        dirs.transpose(2, 1, 0).reshape(n_dirs, 3 * NUM_VERTICES),
+                        np.asarray(posedirs).transpose(2, 1, 0).reshape(NUM_POSE_FEATURES, 3 * NUM_VERTICES),
+                    ]
+                )
+            ),
             joint_template=f(joint_template),
             joint_shapedirs=f(joint_dirs.reshape(NUM_JOINTS * 3, n_dirs).T),
             J_regressor=f(regressor),
@@ -280,6 +291,16 @@ class SMPLX(eqx.Module):
         )
 
     # ---------------------------------------------------------------------------------- forward
+
+    @property
+    def shapedirs(self) -> Float[Array, "S V3"]:
+        """Shape then expression directions, coordinate-major (index c * 10475 + v)."""
+        return self.blend_dirs[: self.num_betas + self.num_expression_coeffs]
+
+    @property
+    def posedirs(self) -> Float[Array, "486 V3"]:
+        """Pose blend directions, coordinate-major (index c * 10475 + v)."""
+        return self.blend_dirs[self.num_betas + self.num_expression_coeffs :]
 
     @property
     def hand_pose_dim(self) -> int:
@@ -370,27 +391,22 @@ class SMPLX(eqx.Module):
         ).reshape(n, NUM_JOINTS, 3)
 
         coeffs = jnp.concatenate([betas, expression], axis=-1)
-        v_shaped = self.template_cm + coeffs @ self.shapedirs  # (n, 3 * V), coordinate-major
         rest_joints = self.joint_template + (coeffs @ self.joint_shapedirs).reshape(n, NUM_JOINTS, 3)
 
         rot = axis_angle_to_matrix(full_pose)  # (n, 55, 3, 3)
         pose_feature = (rot[:, 1:] - jnp.eye(3, dtype=dtype)).reshape(n, NUM_POSE_FEATURES)
-        v_posed = (v_shaped + pose_feature @ self.posedirs).reshape(n, 3, NUM_VERTICES)
+        # (n, 3 * V), coordinate-major. v_shaped below is only evaluated when the caller uses it.
+        features = jnp.concatenate([coeffs, pose_feature], axis=-1)
+        v_posed = (self.template_cm + features @ self.blend_dirs).reshape(n, 3, NUM_VERTICES)
+        v_shaped = self.template_cm + coeffs @ self.shapedirs
 
         world_rot, world_pos = self._kinematic_chain(rot, rest_joints)
         # Relative transform: rotate about the rest joint, i.e. translation = posed joint - R @ rest joint.
         rel_trans = world_pos - jnp.einsum("njab,njb->nja", world_rot, rest_joints)
         rel = jnp.concatenate([world_rot, rel_trans[..., None]], axis=-1)  # (n, 55, 3, 4)
-        # Blend the 12 transform entries of every vertex in one (n*12, 55) x (55, V) product.
-        rel_rows = rel.reshape(n, NUM_JOINTS, 12).transpose(0, 2, 1).reshape(n * 12, NUM_JOINTS)
-        blended = (rel_rows @ self.weights_t).reshape(n, 3, 4, NUM_VERTICES)
-        vertices_cm = (
-            blended[:, :, 0] * v_posed[:, 0:1]
-            + blended[:, :, 1] * v_posed[:, 1:2]
-            + blended[:, :, 2] * v_posed[:, 2:3]
-            + blended[:, :, 3]
-        )
-        vertices = vertices_cm.transpose(0, 2, 1) + transl[:, None, :]
+        # Blend the 12 transform entries of every vertex: (n * 12, 55) x (55, V) products.
+        rows = rel.reshape(n, NUM_JOINTS, 12).transpose(0, 2, 1)  # (n, 12, 55)
+        vertices = _skin_in_chunks(rows, v_posed, self.weights_t) + transl[:, None, :]
 
         extra = vertices[:, self.extra_vertex_ids]
         landmarks = jnp.einsum(
@@ -430,6 +446,47 @@ class SMPLX(eqx.Module):
         world_rot = jnp.concatenate(rot_levels, axis=1)[:, inverse]
         world_pos = jnp.concatenate(pos_levels, axis=1)[:, inverse]
         return world_rot, world_pos
+
+
+SKIN_CHUNK = 8
+
+
+def _skin_block(rows, v_posed, weights_t):
+    """rows (m, 12, 55) transform entries per joint, v_posed (m, 3, V) -> skinned vertices (m, V, 3)."""
+    m = rows.shape[0]
+    blended = (rows.reshape(m * 12, NUM_JOINTS) @ weights_t).reshape(m, 3, 4, NUM_VERTICES)
+    out = (
+        blended[:, :, 0] * v_posed[:, 0:1]
+        + blended[:, :, 1] * v_posed[:, 1:2]
+        + blended[:, :, 2] * v_posed[:, 2:3]
+        + blended[:, :, 3]
+    )
+    return out.transpose(0, 2, 1)
+
+
+def _skin_in_chunks(rows, v_posed, weights_t):
+    """Skinning over the batch in chunks of SKIN_CHUNK examples: the (12 x batch, 10475) blended
+    transforms are the largest temporary of the forward pass, and keeping them small lets the
+    allocator reuse memory between calls instead of faulting in fresh pages every time."""
+    n = rows.shape[0]
+    if n <= SKIN_CHUNK:
+        return _skin_block(rows, v_posed, weights_t)
+    chunks = -(-n // SKIN_CHUNK)
+    pad = chunks * SKIN_CHUNK - n  # zero transforms on zero vertices: padding rows stay zero
+    if pad:
+        rows = jnp.concatenate([rows, jnp.zeros((pad,) + rows.shape[1:], rows.dtype)])
+        v_posed = jnp.concatenate([v_posed, jnp.zeros((pad,) + v_posed.shape[1:], v_posed.dtype)])
+    # Rematerialised in the backward pass, so the gradient is chunked the same way (no stacked
+    # per-chunk residuals of the blended transforms).
+    block = jax.checkpoint(_skin_block)
+    out = jax.lax.map(
+        lambda args: block(*args, weights_t),
+        (
+            rows.reshape(chunks, SKIN_CHUNK, 12, NUM_JOINTS),
+            v_posed.reshape(chunks, SKIN_CHUNK, 3, NUM_VERTICES),
+        ),
+    )
+    return out.reshape(chunks * SKIN_CHUNK, NUM_VERTICES, 3)[:n]
 
 
 # Compiled once per model configuration and batch size, with the model's arrays as arguments (not
