@@ -33,6 +33,7 @@ from .styleunet import DualStyleUNet, StyleUNetConfig
 
 SIZES = {
     # map_size S: maps are S x 2S (front | back); nets map S/2 -> S.
+    "tiny": dict(map_size=64, style_dim=32, channel_max=16, viewdir_hidden=8, num_gaussians=4000),  # tests
     "small": dict(map_size=128, style_dim=64, channel_max=32, viewdir_hidden=16, num_gaussians=12000),
     "medium": dict(map_size=256, style_dim=128, channel_max=64, viewdir_hidden=32, num_gaussians=30000),
 }
@@ -301,8 +302,8 @@ def builtin_avatar(
 
     `smplx_model`: a `zerohsi_jax.body.SMPLX`, or the path of an SMPL-X `.npz` (official
     layout); None uses the synthetic body (`zerohsi_jax.body.synthetic`).
-    `size`: 'small' (map 128, ~12k Gaussians, the demo's) or
-    'medium'. `key_or_seed` seeds the networks' weights and the surface sampling."""
+    `size`: 'small' (map 128, ~12k Gaussians, the demo's), 'medium' (map 256, ~30k) or 'tiny'
+    (map 64, ~4k, for quick tests). `key_or_seed` seeds the networks' weights and the surface sampling."""
     if size not in SIZES:
         raise ValueError(f"size must be one of {sorted(SIZES)}, got {size!r}")
     spec = dict(SIZES[size])

@@ -4,7 +4,8 @@ Forward pass (one pose, one camera; vmap for batches), following the official Av
 
 1. Joint transforms of the body pose Theta without the root, `A_wo`, and the canonical-to-live
    transforms `A_wo A_cano^-1` (`skinning.py`).
-2. Pose map: the canonical points of the front position map, skinned by those transforms and
+2. Pose map: the canonical points of the front position map, skinned by those transforms
+   (hands left flat, as the official maps are) and
    scattered into the half-resolution front map (`get_pose_map`: nearest 0.5 downsampling
    keeps the even pixels, and the network sees the front half only).
 3. View map: for each half-resolution map pixel, n . v between the posed normal and the unit
@@ -257,7 +258,12 @@ class AnimatableAvatar(eqx.Module):
             global_orient, body_pose, transl, jaw_pose=jaw_pose,
             left_hand_pose=left_hand_pose, right_hand_pose=right_hand_pose,
         )  # fmt: skip
-        pose_map = self.pose_map(cano2live)
+        if left_hand_pose is None and right_hand_pose is None:
+            pose_map = self.pose_map(cano2live)
+        else:
+            # The official pose maps are made without the hands (gen_pos_maps.py leaves them
+            # flat); the hands only move the Gaussians.
+            pose_map = self.pose_map(self.skeleton(global_orient, body_pose, transl, jaw_pose=jaw_pose)[2])
 
         pos_front, pos_back = self.position_net(pose_map)
         other_front, other_back = self.other_net(pose_map)
