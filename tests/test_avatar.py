@@ -142,7 +142,7 @@ def test_render_matches_posed_smplx_silhouette(avatar, body):
     go = jnp.array([0.1, 0.6, -0.05])
     bp = random_pose(rng, 0.3)
     tr = jnp.array([0.2, 0.1, -0.3])
-    cam = Camera.look_at((0.6, 0.0, 3.2), (0.2, -0.3, -0.3), width=192, height=192, fov_y_deg=50)
+    cam = Camera.look_at((0.5, 0.0, 2.4), (0.2, -0.3, -0.3), width=256, height=256, fov_y_deg=50)
     g = forward(avatar, go, bp, tr, cam.position)
     out = render(g, cam, jnp.zeros(3), config=fit_capacity(g, cam))
     assert int(out.overflow) == 0
@@ -154,8 +154,9 @@ def test_render_matches_posed_smplx_silhouette(avatar, body):
     )
     mesh = mesh_silhouette(verts, np.asarray(body.faces), cam)
     iou = (rendered & mesh).sum() / (rendered | mesh).sum()
-    assert mesh.sum() > 1500
-    assert iou > 0.85, iou
+    assert mesh.sum() > 4000
+    # Gaussian discs reach a little past the mesh edge (~1 px here); 0.89 to 0.91 over poses.
+    assert iou > 0.87, iou
 
 
 def test_jit_vmap_over_poses_and_cameras_and_gradients(tiny_avatar):
