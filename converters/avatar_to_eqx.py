@@ -83,7 +83,10 @@ def write_exr(path, image: np.ndarray) -> None:
 # ----------------------------------------------------------------------------- checkpoint
 def load_checkpoint(path) -> dict[str, np.ndarray]:
     """The `avatar_net` state dict of an official checkpoint as float32 numpy arrays."""
-    import torch
+    try:
+        import torch
+    except ImportError:
+        raise ConversionError("reading the checkpoint needs Torch: pip install -e '.[torch]'") from None
 
     path = Path(path)
     if not path.is_file():
@@ -212,6 +215,14 @@ def build_template(template_dir, smplx_model, map_size: int):
         )
     with np.load(find_file(template_dir, PARAMS_FILE)) as params:
         betas = np.asarray(params["betas"], np.float64).reshape(-1)
+    smplx_model = Path(smplx_model)
+    if smplx_model.suffix == ".pkl":
+        raise ConversionError(
+            f"{smplx_model}: convert the .pkl model once with `python -m converters.smplx_pkl_to_npz` "
+            "and pass the .npz"
+        )
+    if not smplx_model.is_file():
+        raise ConversionError(f"SMPL-X model file {smplx_model} does not exist (pass SMPLX_NEUTRAL.npz)")
     model = load_model_arrays(smplx_model)
     dirs = np.asarray(model["shapedirs"], np.float64)[:, :, : len(betas)]
     v_shaped = np.asarray(model["v_template"], np.float64) + dirs @ betas[: dirs.shape[-1]]
