@@ -92,6 +92,19 @@ def test_joint_transforms_match_the_body_model(avatar, body):
     np.testing.assert_allclose(joints, out.joints[0, :55], atol=2e-5)
 
 
+def test_canonical_body_from_file_matches_the_body_model(body):
+    """The built-in avatar's numpy canonical mesh (used for model files) = the body's forward."""
+    from zerohsi_jax.avatar.builtin import canonical_body, canonical_body_from_model, load_model_arrays
+    from zerohsi_jax.body import synthetic_smplx_path
+
+    betas = np.array([0.5, -0.3, 0, 0, 0.2, 0, 0, 0, 0, 0])
+    ours = canonical_body(load_model_arrays(synthetic_smplx_path()), betas)
+    theirs = canonical_body_from_model(body, betas)
+    for name, a, b in zip(("vertices", "faces", "weights", "joints"), ours[:4], theirs[:4], strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5, err_msg=name)
+    assert ours[4] == theirs[4]
+
+
 def test_skinned_gaussians_follow_the_posed_mesh(avatar, body):
     """Every Gaussian stays near the posed SMPL-X surface (its skinning weights are the mesh's)."""
     rng = np.random.default_rng(4)
