@@ -78,6 +78,7 @@ class AvatarTemplate(eqx.Module):
     def num_gaussians(self) -> int:
         return self.cano_means.shape[0]
 
+    # The array fields, in the order avatar files store them (`template.<name>`).
     ARRAY_FIELDS = (
         "joints_rest", "inv_cano_transforms", "betas", "input_points", "input_weights", "input_pixels",
         "view_points", "view_normals", "view_weights", "view_pixels", "gaussian_pixels", "cano_means",
@@ -167,7 +168,10 @@ class AnimatableAvatar(eqx.Module):
     """Animatable Gaussians avatar: body pose + camera position -> world-space `Gaussians`.
 
     Call: `avatar(global_orient (3,), body_pose (63,), transl (3,), camera_position (3,),
-    *, jaw_pose=None, left_hand_pose=None, right_hand_pose=None, return_aux=False)`."""
+    *, jaw_pose=None, left_hand_pose=None, right_hand_pose=None, return_aux=False)`.
+
+    Colours become degree-0 SH (`rgb_to_sh0`), so the renderer shows max(colour, 0); the
+    official rasterizer takes the raw network colour (negative values are rare and darken)."""
 
     position_net: DualStyleUNet
     other_net: DualStyleUNet
