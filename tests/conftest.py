@@ -21,7 +21,9 @@ HAS_TORCH = _has("torch")
 def pytest_collection_modifyitems(config, items):
     if HAS_TORCH:
         return
-    skip = pytest.mark.skip(reason="needs the torch extra (pip install -e '.[torch]'): peer implementation or converter")
+    skip = pytest.mark.skip(
+        reason="needs the torch extra (pip install -e '.[torch]'): peer implementation or converter"
+    )
     for item in items:
         if "torch" in item.keywords:
             item.add_marker(skip)

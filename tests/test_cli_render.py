@@ -31,7 +31,8 @@ def test_render_command_writes_the_render(tmp_path, seed):
 def test_render_command_reports_bad_inputs(tmp_path, capsys):
     (tmp_path / "cam.json").write_text(json.dumps({"width": 10}))
     save_ply(tmp_path / "s.ply", random_scene(np.random.default_rng(0), 4))
-    code = main(["render", str(tmp_path / "s.ply"), "--camera", str(tmp_path / "cam.json"), "-o", str(tmp_path / "o.png")])
+    code = main(["render", str(tmp_path / "s.ply"), "--camera", str(tmp_path / "cam.json"),
+                 "-o", str(tmp_path / "o.png")])
     assert code == 2
     assert "cam.json: missing key 'height'" in capsys.readouterr().err
     code = main(["render", str(tmp_path / "nope.ply"), "--camera", str(tmp_path / "cam.json"), "-o", "x.png"])

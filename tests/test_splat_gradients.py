@@ -98,7 +98,11 @@ def test_gradients_are_finite_for_culled_gaussians(seed):
     """Gaussians behind the camera, on the near plane and far off screen get zero, finite grads."""
     rng = np.random.default_rng(seed)
     g, cam, weights = _scene(rng, jnp.float32)
-    means = g.means.at[:5].set(jnp.array([[0.0, 0.0, -1.0], [0, 0, 0.0], [0, 0, 1e-8], [1e6, 0, 3], [0, -1e6, 3]]))
+    # Behind the camera, at its centre, just in front of it (inside the near plane), far off screen;
+    # written in camera coordinates and moved to the world.
+    in_camera = jnp.array([[0.0, 0.0, -1.0], [0, 0, 0.0], [0, 0, 1e-8], [1e6, 0, 3], [0, -1e6, 3]])
+    rot, trans = cam.viewmat[:3, :3], cam.viewmat[:3, 3]
+    means = g.means.at[:5].set((in_camera - trans) @ rot)
     g = eqx.tree_at(lambda g: g.means, g, means)
     grads = jax.jit(jax.grad(_loss_fn(cam, RasterConfig(tile_capacity=64, chunk_size=8), weights)))(
         g, cam.viewmat, jnp.zeros(3)

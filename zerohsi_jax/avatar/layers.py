@@ -15,6 +15,7 @@ insertion, padding or cropping, convolution with the flipped kernel, decimation)
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 
@@ -131,11 +132,54 @@ def fused_leaky_relu(x: Float[Array, "... C"], bias: Float[Array, " C"] | None) 
     return jax.nn.leaky_relu(x, LEAKY_SLOPE) * ACT_GAIN
 
 
-def conv2d(x: Float[Array, "H W Ci"], weight_oihw, stride: int = 1, padding: int = 0, lhs_dilation: int = 1):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def canonical_conv(x: Float[Array, "N H W Ci"], w: Float[Array, "K L Ci Co"], stride: int,
+                   padding: tuple[tuple[int, int], tuple[int, int]]) -> Float[Array, "N h w Co"]:
+    """NHWC x HWIO convolution whose gradients are NHWC x HWIO convolutions too.
+
+    XLA:CPU runs a convolution fast only in this canonical layout. It rewrites other layouts
+    (JAX's gradient convolutions among them) into it, but not inside while loops, where they
+    then run 10-30x slower; the fitting stages differentiate the avatar inside `lax.scan`. So
+    both gradients are written out here as canonical convolutions with explicit transposes."""
+    return _conv_nhwc(x, w, stride, padding)
+
+
+def _conv_nhwc(x, w, stride, padding, lhs_dilation=1, rhs_dilation=1):
     return jax.lax.conv_general_dilated(
-        x[None], weight_oihw, window_strides=(stride, stride), padding=[(padding, padding)] * 2,
-        lhs_dilation=(lhs_dilation, lhs_dilation), dimension_numbers=("NHWC", "OIHW", "NHWC"),
-    )[0]  # fmt: skip
+        x, w, window_strides=(stride, stride), padding=padding, lhs_dilation=(lhs_dilation,) * 2,
+        rhs_dilation=(rhs_dilation,) * 2, dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    )  # fmt: skip
+
+
+def _canonical_conv_fwd(x, w, stride, padding):
+    return _conv_nhwc(x, w, stride, padding), (x, w)
+
+
+def _canonical_conv_bwd(stride, padding, residuals, g):
+    x, w = residuals
+    kh, kw = w.shape[0], w.shape[1]
+    (p0, p1), (q0, q1) = padding
+    # Input rows/columns past the last window the forward used (strided convolutions).
+    rh = (x.shape[1] + p0 + p1 - kh) % stride
+    rw = (x.shape[2] + q0 + q1 - kw) % stride
+    # dx: the cotangent, dilated by the stride, convolved with the flipped kernel (in/out swapped).
+    w_t = jnp.transpose(w[::-1, ::-1], (0, 1, 3, 2))
+    dx = _conv_nhwc(g, w_t, 1, ((kh - 1 - p0, kh - 1 - p1 + rh), (kw - 1 - q0, kw - 1 - q1 + rw)), lhs_dilation=stride)
+    # dw[a, b, i, o] = sum_{n, y, z} x_pad[n, y s + a, z s + b, i] g[n, y, z, o]: a convolution with
+    # the input channels as batch and the images as features.
+    lhs = jnp.transpose(x, (3, 1, 2, 0))  # (Ci, H, W, N)
+    rhs = jnp.transpose(g, (1, 2, 0, 3))  # (h, w, N, Co)
+    dw = _conv_nhwc(lhs, rhs, 1, ((p0, p1 - rh), (q0, q1 - rw)), rhs_dilation=stride)  # (Ci, K, L, Co)
+    return dx, jnp.transpose(dw, (1, 2, 0, 3))
+
+
+canonical_conv.defvjp(_canonical_conv_fwd, _canonical_conv_bwd)
+
+
+def conv2d(x: Float[Array, "H W Ci"], weight_oihw, stride: int = 1, padding: int = 0):
+    """PyTorch's F.conv2d (OIHW weights, symmetric zero padding) on one NHWC image."""
+    w = jnp.transpose(weight_oihw, (2, 3, 1, 0))
+    return canonical_conv(x[None], w, stride, ((padding, padding), (padding, padding)))[0]
 
 
 def conv_transpose2d_stride2(x: Float[Array, "H W Ci"], weight_oihw) -> Float[Array, "h w Co"]:
@@ -158,13 +202,8 @@ def conv_transpose2d_stride2(x: Float[Array, "H W Ci"], weight_oihw) -> Float[Ar
     # Pad the end explicitly and the start in the convolution, so that the convolution keeps
     # its input size: XLA's CPU gradients of size-changing convolutions are up to 20x slower.
     x = jnp.pad(x, ((0, taps - 1), (0, taps - 1), (0, 0)))
-    out = jax.lax.conv_general_dilated(
-        x[None],
-        w,
-        window_strides=(1, 1),
-        padding=[(taps - 1, 0)] * 2,
-        dimension_numbers=("NHWC", "OIHW", "NHWC"),
-    )[0]  # (H + taps - 1, W + taps - 1, 4 O), channels ordered (p, q, o)
+    out = canonical_conv(x[None], jnp.transpose(w, (2, 3, 1, 0)), 1, ((taps - 1, 0), (taps - 1, 0)))[0]
+    # (H + taps - 1, W + taps - 1, 4 O), channels ordered (p, q, o)
     oh, ow = out.shape[0], out.shape[1]
     out = out.reshape(oh, ow, 2, 2, out_ch).transpose(0, 2, 1, 3, 4).reshape(2 * oh, 2 * ow, out_ch)
     return out[: 2 * h + k - 2, : 2 * wd + k - 2]

@@ -113,7 +113,9 @@ class Camera(eqx.Module):
                 np.asarray(d["eye"], float), np.asarray(d["target"], float), np.asarray(d.get("up", (0, 1, 0)), float)
             )
         else:
-            raise ValueError(f"{source}: give the pose as 'viewmat' (4x4 world-to-camera), 'camtoworld' or 'eye'+'target'")
+            raise ValueError(
+                f"{source}: give the pose as 'viewmat' (4x4 world-to-camera), 'camtoworld' or 'eye'+'target'"
+            )
         if viewmat.shape != (4, 4):
             raise ValueError(f"{source}: the camera pose must be 4x4, got shape {viewmat.shape}")
         if all(k in d for k in ("fx", "fy")):

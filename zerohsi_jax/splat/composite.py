@@ -114,21 +114,59 @@ def _num_chunks(counts, capacity: int, cfg: RasterConfig):
     return (jnp.minimum(jnp.max(counts), capacity) + cfg.chunk_size - 1) // cfg.chunk_size
 
 
+def _tile_levels(num_tiles: int, ratio: int = 4) -> list[int]:
+    """Prefix sizes of the count-sorted tiles the loop narrows to: T, T/4, T/16, ..., 1."""
+    sizes = [num_tiles]
+    while sizes[-1] > 1:
+        sizes.append(-(-sizes[-1] // ratio))
+    return sizes
+
+
+def _level_chunk_ends(counts_sorted, sizes, capacity: int, cfg: RasterConfig):
+    """Chunk index where each level stops: level l serves tiles [sizes[l+1], sizes[l]), whose
+    largest count is counts_sorted[sizes[l+1]] (the last level serves tile 0, the largest)."""
+    nxt = [sizes[i + 1] if i + 1 < len(sizes) else 0 for i in range(len(sizes))]
+    need = jnp.minimum(counts_sorted[jnp.asarray(nxt)], capacity)
+    return (need + cfg.chunk_size - 1) // cfg.chunk_size
+
+
+def _sort_tiles(ids, counts, pix):
+    """Tiles in decreasing order of their counts, so that the tiles still busy after any chunk
+    form a prefix, and the permutation that undoes it."""
+    order = jnp.argsort(-counts, stable=True)
+    inverse = jnp.argsort(order)
+    return order, inverse, ids[order], counts[order], pix[order]
+
+
 def _composite_forward(means2d, conics, opacities, features, background, ids, counts, pix, cfg: RasterConfig):
-    """Front to back over chunks until every tile is exhausted or every pixel has stopped."""
-    init = _initial_state(pix.shape[0], pix.shape[1], features.shape[1], ids.shape[1], features.dtype)
-    n_chunks = _num_chunks(counts, ids.shape[1], cfg)
+    """Front to back over chunks. Tiles run sorted by count and the loop narrows to the prefix of
+    tiles that still have slots (T, T/4, ...), so a few crowded tiles (a small, detailed human in
+    a wide shot) do not make every tile loop to their count; each level also stops once every
+    pixel of its tiles has stopped."""
+    capacity = ids.shape[1]
+    order, inverse, ids_s, counts_s, pix_s = _sort_tiles(ids, counts, pix)
+    state = _initial_state(pix.shape[0], pix.shape[1], features.shape[1], capacity, features.dtype)
+    sizes = _tile_levels(pix.shape[0])
+    ends = _level_chunk_ends(counts_s, sizes, capacity, cfg)
+    k = jnp.int32(0)
+    for level, n in enumerate(sizes):
+        end = ends[level]
+        part = jax.tree.map(lambda x, n=n: x[:n], state)
+        level_pix, level_ids, level_counts = pix_s[:n], ids_s[:n], counts_s[:n]
 
-    def cond(carry):
-        k, state = carry
-        return (k < n_chunks) & ~jnp.all(state[3])
+        def cond(carry, end=end):
+            k, st = carry
+            return (k < end) & ~jnp.all(st[3])
 
-    def body(carry):
-        k, state = carry
-        state = _forward_chunk(state, k * cfg.chunk_size, pix, means2d, conics, opacities, features, ids, counts, cfg)
-        return k + 1, state
+        def body(carry, level_pix=level_pix, level_ids=level_ids, level_counts=level_counts):
+            k, st = carry
+            st = _forward_chunk(st, k * cfg.chunk_size, level_pix, means2d, conics, opacities, features,
+                                level_ids, level_counts, cfg)
+            return k + 1, st
 
-    _, (trans, acc, stop, _) = jax.lax.while_loop(cond, body, (jnp.int32(0), init))
+        k, part = jax.lax.while_loop(cond, body, (k, part))
+        state = jax.tree.map(lambda x, y, n=n: x.at[:n].set(y), state, part)
+    trans, acc, stop, _ = (x[inverse] for x in state)
     out = acc + trans[:, :, None] * background
     return out, trans, stop
 
@@ -204,7 +242,7 @@ def composite_backward(
             )  # fmt: skip
             grad_behind = grad_behind + weight * gf
             t_after = t_j
-        s_mean, s_conic, s_opac, s_feat = (jnp.stack(parts, 1) for parts in zip(*slot_grads))
+        s_mean, s_conic, s_opac, s_feat = (jnp.stack(parts, 1) for parts in zip(*slot_grads, strict=True))
         target = jnp.where(slot_valid, slot_ids, n)  # out-of-range index: dropped by the scatter
         g_mean = g_mean.at[target].add(s_mean, mode="drop")
         g_conic = g_conic.at[target].add(s_conic, mode="drop")
