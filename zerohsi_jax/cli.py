@@ -72,10 +72,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tile-capacity", type=int, help="Gaussians per 16x16 tile (default: measured)")
     p.set_defaults(func=_cmd_render)
 
-    p = sub.add_parser("demo", help="the built-in demo on generated assets")
+    p = sub.add_parser("demo", help="the whole pipeline on generated assets, scored against their ground truth")
     p.add_argument("--out", type=Path, default=Path("out/demo"), help="output folder")
-    p.add_argument("--frames", type=int, default=24, help="frames of the orbit video")
-    p.add_argument("--size", type=int, default=256, help="image width and height")
+    p.add_argument("--frames", type=int, default=12, help="video frames (the paper: 51)")
+    p.add_argument("--size", type=int, default=128, help="image width and height in pixels")
+    p.add_argument("--seeds", type=int, default=1, help="videos fitted together in one batched program")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the generated assets")
+    p.add_argument("--estimate-noise", type=float, default=0.05,
+                   help="std (radians) of the simulated per-frame pose estimates around the ground truth")
+    p.add_argument("--paper-schedule", action="store_true", help="the paper's iteration counts (slow on CPU)")
+    p.add_argument("--frame-parallel", action="store_true", help="experimental frame-parallel HSI fit")
+    p.add_argument("--no-resume", action="store_true", help="start over instead of resuming a run in --out")
     p.set_defaults(func=_cmd_demo)
     return parser
 

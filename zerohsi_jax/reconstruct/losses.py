@@ -1,0 +1,184 @@
+"""Every loss of the paper, one named function each, and the weighted sums the stages minimise.
+
+Equation numbers refer to Li, Yu, Li, Wu, "ZeroHSI" (2025). Images are (H, W, 3) in [0, 1],
+masks (H, W) in [0, 1]. All functions are pure and differentiable.
+
+A stage's objective is `weighted_sum(terms, weights, context)`: `terms` maps a name to a function
+of the stage's context, `weights` maps names to floats (from the run config). A user adds a
+term by putting a function in the stage's term table (`HSI_TERMS`, `CAMERA_TERMS`,
+`REFINE_TERMS`, or a copy passed to the stage) and a weight in the config: no optimiser code
+changes. See experiments/custom_loss.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float
+
+# ----------------------------------------------------------------------------- photometric terms
+
+
+def l1_loss(rendered: Float[Array, "H W C"], target: Float[Array, "H W C"]) -> Float[Array, ""]:
+    return jnp.mean(jnp.abs(rendered - target))
+
+
+def _gaussian_window(size: int = 11, sigma: float = 1.5) -> Float[Array, " size"]:
+    x = jnp.arange(size, dtype=jnp.float32) - (size - 1) / 2
+    w = jnp.exp(-(x**2) / (2 * sigma**2))
+    return w / w.sum()
+
+
+def _blur(img: Float[Array, "H W C"], window: Float[Array, " K"]) -> Float[Array, "H W C"]:
+    """Separable Gaussian filter with zero padding ('same' size), as the 3DGS ssim does."""
+    k = window.shape[0]
+    x = jnp.moveaxis(img, -1, 0)[:, None]  # (C, 1, H, W)
+    kh = window.reshape(1, 1, k, 1).astype(img.dtype)
+    kw = window.reshape(1, 1, 1, k).astype(img.dtype)
+    pad = k // 2
+    x = jax.lax.conv_general_dilated(x, kh, (1, 1), ((pad, pad), (0, 0)))
+    x = jax.lax.conv_general_dilated(x, kw, (1, 1), ((0, 0), (pad, pad)))
+    return jnp.moveaxis(x[:, 0], 0, -1)
+
+
+def ssim(rendered: Float[Array, "H W C"], target: Float[Array, "H W C"], window_size: int = 11,
+         sigma: float = 1.5, c1: float = 0.01**2, c2: float = 0.03**2) -> Float[Array, ""]:
+    """Mean structural similarity with an 11x11 Gaussian window (sigma 1.5), the 3DGS variant."""
+    w = _gaussian_window(window_size, sigma)
+    mu_x, mu_y = _blur(rendered, w), _blur(target, w)
+    sxx = _blur(rendered * rendered, w) - mu_x**2
+    syy = _blur(target * target, w) - mu_y**2
+    sxy = _blur(rendered * target, w) - mu_x * mu_y
+    num = (2 * mu_x * mu_y + c1) * (2 * sxy + c2)
+    den = (mu_x**2 + mu_y**2 + c1) * (sxx + syy + c2)
+    return jnp.mean(num / den)
+
+
+def dssim_loss(rendered, target) -> Float[Array, ""]:
+    """D-SSIM as the 3DGS code (which ZeroHSI builds on) uses it: 1 - SSIM."""
+    return 1.0 - ssim(rendered, target)
+
+
+def rgb_loss(rendered, target, ssim_weight: float = 0.1) -> Float[Array, ""]:
+    """Eq. 10: L_rgb = (1 - lambda) L1 + lambda L_D-SSIM."""
+    return (1.0 - ssim_weight) * l1_loss(rendered, target) + ssim_weight * dssim_loss(rendered, target)
+
+
+# ------------------------------------------------------------------------------- camera tracking
+
+
+def static_background_masks(human_masks: Float[Array, "T H W"], object_masks: Float[Array, "T H W"]
+                            ) -> Float[Array, "T H W"]:
+    """Eq. 8: M_t = 1 - union_{i<=t} (M_H^i | M_O^i), for every t at once (a running maximum)."""
+    dynamic = jnp.maximum(human_masks, object_masks)
+    return 1.0 - jax.lax.cummax(dynamic, axis=0)
+
+
+def masked_photometric_loss(rendered, target, mask: Float[Array, "H W"], kind: str = "l2") -> Float[Array, ""]:
+    """Eq. 7: the camera-tracking loss between R(G_S(T); T_{t-1}) . M_t and I_t . M_t (mean over
+    the masked pixels). Algorithm 1 of the paper names it L2; 'l1' is available."""
+    diff = (rendered - target) * mask[..., None]
+    err = diff**2 if kind == "l2" else jnp.abs(diff)
+    return jnp.sum(err) / (3.0 * jnp.maximum(jnp.sum(mask), 1.0))
+
+
+# ----------------------------------------------------------------------------- object pose terms
+
+
+def mask_centroid(mask: Float[Array, "H W"]) -> Float[Array, "2"]:
+    """Centre of a (soft) mask as (x, y) normalised to [0, 1] by the image width and height."""
+    h, w = mask.shape
+    total = jnp.maximum(jnp.sum(mask), 1e-6)
+    ys = (jnp.arange(h, dtype=mask.dtype) + 0.5) / h
+    xs = (jnp.arange(w, dtype=mask.dtype) + 0.5) / w
+    return jnp.stack([jnp.sum(mask * xs[None, :]) / total, jnp.sum(mask * ys[:, None]) / total])
+
+
+def object_center_loss(rendered_object_mask, object_mask) -> Float[Array, ""]:
+    """Eq. 11: L_center = L2(C_hat_O^t, C_O^t), centroids of the rendered object region and of the
+    segmented object mask. An empty segmentation contributes nothing."""
+    present = (jnp.sum(object_mask) > 0.5).astype(object_mask.dtype)
+    d = mask_centroid(rendered_object_mask) - mask_centroid(object_mask)
+    return present * jnp.sum(d**2)
+
+
+def mean_masked_depth(depth: Float[Array, "H W"], mask: Float[Array, "H W"]) -> Float[Array, ""]:
+    """Eq. 12: D_O = sum(D . M_O) / sum(M_O)."""
+    return jnp.sum(depth * mask) / jnp.maximum(jnp.sum(mask), 1e-6)
+
+
+def object_depth_loss(depth, rendered_object_mask, reference_depth) -> Float[Array, ""]:
+    """Eq. 13: L_depth = L2(D_hat_O^t, D_O^0), the mean rendered depth of the object region against
+    the mean object depth of frame 0."""
+    present = (jnp.sum(rendered_object_mask) > 0.5).astype(depth.dtype)
+    return present * (mean_masked_depth(depth, rendered_object_mask) - reference_depth) ** 2
+
+
+# ---------------------------------------------------------------------------------- refinement
+
+
+def joint_fit_loss(reference_joints: Float[Array, "J 3"], joints: Float[Array, "J 3"]) -> Float[Array, ""]:
+    """Eq. 15: L_fit^t = L2(J_hat_t, J_t(r_t, phi_t, D(z_t))), mean squared joint distance."""
+    return jnp.mean(jnp.sum((reference_joints - joints) ** 2, axis=-1))
+
+
+def hand_object_contact_loss(hand_vertices: Float[Array, "V 3"], object_centers: Float[Array, "P 3"],
+                             epsilon: float) -> Float[Array, ""]:
+    """Eqs. S1-S2: over the contact set C_t = {(v, mu): |v - mu| < epsilon}, the smallest distance
+    divided by #C_t; zero when the set is empty (the loss applies only when #C_t > 0)."""
+    d2 = jnp.sum((hand_vertices[:, None, :] - object_centers[None, :, :]) ** 2, axis=-1)
+    in_contact = d2 < epsilon**2
+    count = jnp.sum(in_contact)
+    # sqrt at a masked minimum only: keeps the gradient finite when a pair coincides.
+    nearest = jnp.sqrt(jnp.min(jnp.where(in_contact, d2, epsilon**2)) + 1e-12)
+    return jnp.where(count > 0, nearest / jnp.maximum(count, 1), 0.0)
+
+
+def smoothness_loss(body_poses: Float[Array, "T 63"]) -> Float[Array, ""]:
+    """Eq. S3: mean over adjacent frames of |Theta_t - Theta_{t+1}|_2."""
+    d = body_poses[1:] - body_poses[:-1]
+    return jnp.mean(jnp.sqrt(jnp.sum(d**2, axis=-1) + 1e-12))
+
+
+def physics_loss(contact_per_frame: Float[Array, " T"], smoothness: Float[Array, ""], contact_weight: float,
+                 smooth_weight: float) -> Float[Array, ""]:
+    """Eq. S4: lambda_contact * mean_t L_contact^t + lambda_smooth * L_smooth."""
+    return contact_weight * jnp.mean(contact_per_frame) + smooth_weight * smoothness
+
+
+# --------------------------------------------------------------------------- weighted objectives
+
+LossTerm = Callable[..., Float[Array, ""]]
+
+
+def weighted_sum(terms: Mapping[str, LossTerm], weights: Mapping[str, float], context
+                 ) -> tuple[Float[Array, ""], dict[str, Float[Array, ""]]]:
+    """sum_name weights[name] * terms[name](context); also returns each term's unweighted value
+    (the NaN guard names a failing term from them). Terms with weight 0 are not evaluated."""
+    unknown = sorted(set(weights) - set(terms))
+    if unknown:
+        raise KeyError(f"loss weights name unknown terms {unknown}; known terms: {sorted(terms)}")
+    values = {name: terms[name](context) for name, w in weights.items() if w != 0.0}
+    total = sum(weights[name] * v for name, v in values.items())
+    return jnp.asarray(total), values
+
+
+# Term tables: each maps a name to a function of the stage's context (see the stage modules for
+# the fields a context carries). The configs' `loss_weights` select and weight them.
+CAMERA_TERMS: dict[str, LossTerm] = {
+    "photometric": lambda c: masked_photometric_loss(c.rendered_rgb, c.frame, c.background_mask, c.kind),
+}
+
+HSI_TERMS: dict[str, LossTerm] = {
+    "rgb": lambda c: rgb_loss(c.render.rgb, c.frame, c.ssim_weight),
+    "object_center": lambda c: object_center_loss(c.rendered_object_mask, c.object_mask),
+    "object_depth": lambda c: object_depth_loss(c.render.depth, c.rendered_object_mask, c.object_depth0),
+}
+
+REFINE_TERMS: dict[str, LossTerm] = {
+    "fit": lambda c: jnp.mean(jax.vmap(joint_fit_loss)(c.reference_joints, c.joints)),
+    "physics": lambda c: physics_loss(c.contact_per_frame, smoothness_loss(c.body_poses), c.contact_weight,
+                                      c.smooth_weight),
+}

@@ -1,0 +1,57 @@
+"""Optax building blocks for the stage schedules: transformations that apply an inner optimiser
+only on some steps (the HSI fit's root-only warm-up and every-5th-step colour fine-tuning)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+
+class GatedState(NamedTuple):
+    count: jax.Array
+    inner: optax.OptState
+
+
+def gated(inner: optax.GradientTransformation, active: Callable[[jax.Array], jax.Array]
+          ) -> optax.GradientTransformation:
+    """Apply `inner` on the steps where `active(step)` holds; elsewhere the update is zero and the
+    inner state (Adam's moments and count) is left untouched, as if the step had not happened."""
+
+    def init(params):
+        return GatedState(jnp.zeros((), jnp.int32), inner.init(params))
+
+    def update(updates, state, params=None):
+        new_updates, new_inner = inner.update(updates, state.inner, params)
+        on = active(state.count)
+        new_updates = jax.tree.map(lambda u: jnp.where(on, u, jnp.zeros_like(u)), new_updates)
+        new_inner = jax.tree.map(lambda n, o: jnp.where(on, n, o), new_inner, state.inner)
+        return new_updates, GatedState(state.count + 1, new_inner)
+
+    return optax.GradientTransformation(init, update)
+
+
+def after(inner: optax.GradientTransformation, steps: int) -> optax.GradientTransformation:
+    """`inner` frozen for the first `steps` steps."""
+    return gated(inner, lambda count: count >= steps)
+
+
+def every(inner: optax.GradientTransformation, k: int) -> optax.GradientTransformation:
+    """`inner` applied on steps 0, k, 2k, ... (k <= 0: never)."""
+    if k <= 0:
+        return optax.set_to_zero()
+    return gated(inner, lambda count: count % k == 0)
+
+
+def labelled_adam(learning_rates: Mapping[str, float], schedules: Mapping[str, Callable] | None = None):
+    """optax.multi_transform of one Adam per label; `schedules[label]` wraps that label's Adam
+    (e.g. `lambda opt: after(opt, 30)`). A learning rate of 0 freezes the label."""
+    transforms = {}
+    for label, lr in learning_rates.items():
+        opt = optax.adam(lr) if lr > 0 else optax.set_to_zero()
+        wrap = (schedules or {}).get(label)
+        transforms[label] = wrap(opt) if (wrap is not None and lr > 0) else opt
+    return transforms

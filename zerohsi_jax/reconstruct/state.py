@@ -1,0 +1,104 @@
+"""The data the stages pass along: inputs shared by all seeds, per-seed observations, and the
+per-frame state (camera, human pose, object pose, colour net) carried from frame to frame."""
+
+from __future__ import annotations
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float
+
+from ..body.rotations import axis_angle_to_matrix
+from ..splat import Camera, Gaussians
+
+HUMAN_GROUP, OBJECT_GROUP, SCENE_GROUP = 0, 1, 2
+NUM_GROUPS = 3
+
+
+class HumanPose(eqx.Module):
+    """M_t = (r_t, phi_t, Theta_t): root translation, global orientation, 21 body joints (axis-angle)."""
+
+    transl: Float[Array, "*b 3"]
+    global_orient: Float[Array, "*b 3"]
+    body_pose: Float[Array, "*b 63"]
+
+
+class ObjectPose(eqx.Module):
+    """P_t: the object's frame (centred on its Gaussians' centroid) in world coordinates."""
+
+    rotation: Float[Array, "*b 3 3"]
+    translation: Float[Array, "*b 3"]
+
+    def matrix(self) -> Float[Array, "*b 4 4"]:
+        top = jnp.concatenate([self.rotation, self.translation[..., None]], -1)
+        bottom = jnp.broadcast_to(jnp.array([0.0, 0.0, 0.0, 1.0], top.dtype), top.shape[:-2] + (1, 4))
+        return jnp.concatenate([top, bottom], -2)
+
+    def compose_relative(self, delta: Float[Array, "6"]) -> ObjectPose:
+        """P_t = P o P_{t-1}: rotate about the object's own centre by exp(delta[:3]), then move
+        by delta[3:] (a centred parametrisation keeps rotation and translation decoupled)."""
+        return ObjectPose(axis_angle_to_matrix(delta[:3]) @ self.rotation, self.translation + delta[3:])
+
+
+def relative_transform(delta: Float[Array, "6"]) -> Float[Array, "4 4"]:
+    """A rigid 4x4 from (axis-angle, translation)."""
+    top = jnp.concatenate([axis_angle_to_matrix(delta[:3]), delta[3:, None]], -1)
+    return jnp.concatenate([top, jnp.array([[0.0, 0.0, 0.0, 1.0]], top.dtype)], 0)
+
+
+class SceneInputs(eqx.Module):
+    """What every seed shares: the Gaussian scene and object, the avatar, the body model and the
+    initial camera (intrinsics and T_0)."""
+
+    scene: Gaussians
+    object: Gaussians | None
+    """Object Gaussians in the object's frame, centred at the origin; None for static scenarios."""
+    avatar: eqx.Module
+    body: eqx.Module
+    camera: Camera
+
+
+class Observations(eqx.Module):
+    """One video and its segmentation (a leading seed axis when several videos are batched)."""
+
+    frames: Float[Array, "*s T H W 3"]
+    human_masks: Float[Array, "*s T H W"]
+    object_masks: Float[Array, "*s T H W"]
+    pose_estimates: Float[Array, "*s T 63"] | None = None
+
+
+class FrameState(eqx.Module):
+    """Everything frame t+1 starts from."""
+
+    viewmat: Float[Array, "4 4"]
+    human: HumanPose
+    object: ObjectPose
+    color: eqx.Module
+    """The avatar's colour-net arrays (eqx.partition of the avatar with its colour filter)."""
+    object_depth0: Float[Array, ""]
+    """D_O^0 of eq. 12, the reference of the depth loss."""
+
+
+def posed_object(obj: Gaussians | None, pose: ObjectPose) -> Gaussians | None:
+    if obj is None:
+        return None
+    return obj.transform(pose.rotation, pose.translation)
+
+
+def compose_gaussians(avatar, human: HumanPose, obj: Gaussians | None, object_pose: ObjectPose,
+                      scene: Gaussians, camera_position) -> Gaussians:
+    """G_H^t, G_O^t and G_S concatenated with group ids 0, 1, 2 (eq. 9's render input)."""
+    human_g = avatar(human.global_orient, human.body_pose, human.transl, camera_position)
+    parts = [human_g.with_group(HUMAN_GROUP)]
+    if obj is not None:
+        parts.append(posed_object(obj, object_pose).with_group(OBJECT_GROUP))
+    parts.append(scene.with_group(SCENE_GROUP))
+    return Gaussians.concatenate(parts)
+
+
+def tree_stack(trees):
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
+
+
+def tree_index(tree, i):
+    return jax.tree.map(lambda x: x[i], tree)

@@ -1,0 +1,141 @@
+"""A ground-truth interaction for the demo: a person in front of a table reaches for a box, picks
+it up and lifts it towards the chest, filmed by a slowly moving camera.
+
+Key poses come from a small inverse-kinematics fit of the right arm and spine on the body model
+(so the hand really reaches the box on any body file); the sequence interpolates between them.
+After the grasp the box moves rigidly with the right wrist.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from ..body import hand_vertex_ids
+from ..reconstruct.state import HumanPose, ObjectPose
+from ..splat import Camera
+
+# Joint indices of the SMPL-X kinematic tree.
+SPINE = (3, 6, 9)
+RIGHT_ARM = (14, 17, 19, 21)  # collar, shoulder, elbow, wrist
+LEFT_SHOULDER, RIGHT_SHOULDER = 16, 17
+LEFT_ELBOW, RIGHT_ELBOW = 18, 19
+
+
+def _set_joint(pose: np.ndarray, joint: int, axis_angle) -> np.ndarray:
+    pose = pose.copy()
+    pose[(joint - 1) * 3 : joint * 3] = axis_angle
+    return pose
+
+
+def standing_pose() -> np.ndarray:
+    """Arms lowered from the T-pose, elbows slightly bent."""
+    pose = np.zeros(63, np.float32)
+    pose = _set_joint(pose, LEFT_SHOULDER, (0.0, 0.0, -1.2))
+    pose = _set_joint(pose, RIGHT_SHOULDER, (0.0, 0.0, 1.2))
+    pose = _set_joint(pose, LEFT_ELBOW, (0.0, -0.25, 0.0))
+    pose = _set_joint(pose, RIGHT_ELBOW, (0.0, 0.25, 0.0))
+    return pose
+
+
+@dataclasses.dataclass(frozen=True)
+class GroundTruth:
+    human: HumanPose  # (T, ...)
+    object_poses: ObjectPose  # (T, ...)
+    viewmats: np.ndarray  # (T, 4, 4)
+    grasp_frame: int
+
+
+def reach_pose(body, start_pose, transl, target, iterations: int = 150) -> np.ndarray:
+    """Right arm and spine pose that brings the right palm to `target` (small Adam IK)."""
+    return np.asarray(_reach_solver(body, iterations)(jnp.asarray(start_pose), jnp.asarray(transl, jnp.float32),
+                                                      jnp.asarray(target, jnp.float32)))
+
+
+def _reach_solver(body, iterations: int):
+    hand_ids = jnp.asarray(hand_vertex_ids(body, "right"))
+    movable = np.zeros(63, bool)
+    for j in SPINE + RIGHT_ARM:
+        movable[(j - 1) * 3 : j * 3] = True
+    movable = jnp.asarray(movable)
+    opt = optax.adam(0.03)
+
+    @eqx.filter_jit
+    def solve(body, start, transl, target):
+        def loss(delta):
+            pose = start + jnp.where(movable, delta, 0.0)
+            palm = jnp.mean(body(body_pose=pose, transl=transl).vertices[hand_ids], axis=0)
+            return jnp.sum((palm - target) ** 2) + 1e-3 * jnp.sum(delta**2)
+
+        def step(carry, _):
+            d, s = carry
+            u, s = opt.update(jax.grad(loss)(d), s, d)
+            return (optax.apply_updates(d, u), s), None
+
+        delta0 = jnp.zeros(63)
+        (delta, _), _ = jax.lax.scan(step, (delta0, opt.init(delta0)), None, length=iterations)
+        return start + jnp.where(movable, delta, 0.0)
+
+    return lambda start, transl, target: solve(body, start, transl, target)
+
+
+def _smoothstep(x):
+    x = np.clip(x, 0.0, 1.0)
+    return x * x * (3 - 2 * x)
+
+
+def interaction_motion(body, num_frames: int, *, table_center, table_top: float, object_half_height: float,
+                       camera_size: int, fov_y_deg: float = 55.0) -> GroundTruth:
+    """The demo's ground-truth motion, object poses and cameras."""
+    rest = np.asarray(body().vertices)
+    floor_offset = -float(rest[..., 1].min())  # translation that puts the feet on y = 0
+    start_root = np.array([table_center[0] + 0.12, floor_offset, table_center[2] - 0.62], np.float32)
+    end_root = start_root + np.array([0.0, 0.0, 0.08], np.float32)
+    object_start = np.array([table_center[0] - 0.1, table_top + object_half_height, table_center[2] - 0.12],
+                            np.float32)
+
+    stand = standing_pose()
+    solve = _reach_solver(body, 150)
+    grasp_target = object_start + np.array([0.0, object_half_height + 0.03, 0.0], np.float32)
+    reach = np.asarray(solve(jnp.asarray(stand), jnp.asarray(end_root), jnp.asarray(grasp_target)))
+    lift_target = np.array([end_root[0] - 0.12, floor_offset + 0.05, end_root[2] + 0.32], np.float32)
+    lift = np.asarray(solve(jnp.asarray(reach), jnp.asarray(end_root), jnp.asarray(lift_target)))
+
+    u = np.linspace(0.0, 1.0, num_frames)
+    grasp_frame = int(round(0.5 * (num_frames - 1)))
+    a = _smoothstep(u / 0.45)[:, None]
+    b = _smoothstep((u - 0.55) / 0.45)[:, None]
+    body_pose = (1 - a) * stand + a * reach
+    body_pose = (1 - b) * body_pose + b * lift
+    transl = start_root + _smoothstep(u / 0.45)[:, None] * (end_root - start_root)
+    yaw = 0.15 * np.sin(np.pi * u)  # a slight turn of the torso towards the box and back
+    global_orient = np.stack([np.zeros_like(yaw), yaw, np.zeros_like(yaw)], -1).astype(np.float32)
+    human = HumanPose(jnp.asarray(transl, jnp.float32), jnp.asarray(global_orient), jnp.asarray(body_pose,
+                                                                                                  jnp.float32))
+
+    out = body(global_orient=human.global_orient, body_pose=human.body_pose, transl=human.transl)
+    wrist = np.asarray(out.joint_transforms[:, RIGHT_ARM[-1]])
+    rot = np.tile(np.eye(3, dtype=np.float32), (num_frames, 1, 1))
+    trans = np.tile(object_start, (num_frames, 1))
+    grasp_obj = np.eye(4, dtype=np.float32)
+    grasp_obj[:3, 3] = object_start
+    relative = np.linalg.inv(wrist[grasp_frame]) @ grasp_obj
+    for t in range(grasp_frame + 1, num_frames):
+        m = wrist[t] @ relative
+        rot[t], trans[t] = m[:3, :3], m[:3, 3]
+    objects = ObjectPose(jnp.asarray(rot), jnp.asarray(trans))
+
+    target = np.array([table_center[0], 0.9, table_center[2] - 0.4])
+    viewmats = []
+    for s in u:
+        # A slow arc on the person's right side, where the reaching arm is in view.
+        angle = np.deg2rad(-118.0 + 8.0 * s)
+        eye = target + np.array([2.0 * np.sin(angle), 0.5 + 0.1 * s, -2.0 * np.cos(angle)])
+        viewmats.append(np.asarray(Camera.look_at(eye, target, width=camera_size, height=camera_size,
+                                                  fov_y_deg=fov_y_deg).viewmat))
+    return GroundTruth(human=human, object_poses=objects, viewmats=np.stack(viewmats), grasp_frame=grasp_frame)
