@@ -5,7 +5,9 @@ and a ground-truth motion (reach, grasp, lift) filmed by a slowly moving camera.
 video is rendered from the ground truth; the masks that SAM2 would give come from the render's
 group coverage; the per-frame pose estimates that a pose estimator would give are the
 ground-truth body poses plus noise (`--estimate-noise`, radians). Then the three stages run and
-the result is scored against the ground truth.
+the result is scored against the ground truth. The refinement's pose prior is a VPoser trained
+on other generated motions (`zerohsi_jax.synthetic.pose_prior`): official weights cannot be
+downloaded here; a real run points the config at V02_05.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ def build_demo_scene(num_frames: int, size: int, *, seed: int = 0, fov_y_deg: fl
     import jax.numpy as jnp
 
     from .avatar import builtin_avatar
-    from .body import SMPLX, random_vposer, synthetic_smplx_path
+    from .body import SMPLX, synthetic_smplx_path
     from .reconstruct import InitialState, SceneInputs
     from .reconstruct.hsi_fit import render_frame
     from .reconstruct.pipeline import measure_raster_config
@@ -45,6 +47,7 @@ def build_demo_scene(num_frames: int, size: int, *, seed: int = 0, fov_y_deg: fl
     from .splat import Camera
     from .synthetic import make_object, make_room
     from .synthetic.motion import interaction_motion
+    from .synthetic.pose_prior import synthetic_pose_prior
 
     body = SMPLX.load(synthetic_smplx_path(), num_betas=10, use_pca=False, flat_hand_mean=True)
     avatar = builtin_avatar(seed, num_gaussians=avatar_gaussians)
@@ -75,7 +78,7 @@ def build_demo_scene(num_frames: int, size: int, *, seed: int = 0, fov_y_deg: fl
         human_masks.append(np.asarray(masks[..., HUMAN_GROUP] > 0.5, np.float32))
         object_masks.append(np.asarray(masks[..., OBJECT_GROUP] > 0.5, np.float32))
     return DemoScene(inputs, truth, initial, np.stack(frames), np.stack(human_masks), np.stack(object_masks),
-                     random_vposer(seed), raster)
+                     synthetic_pose_prior(body, seed=seed), raster)
 
 
 def noisy_estimates(truth_body_pose: np.ndarray, noise: float, seed: int) -> np.ndarray:

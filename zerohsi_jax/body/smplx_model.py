@@ -373,36 +373,15 @@ class SMPLX(eqx.Module):
         transl,
     ) -> SMPLXOutput:
         n = betas.shape[0]
+        full_pose, coeffs, rest_joints, pose_feature, world_rot, world_pos, rel_trans = self._articulate(
+            betas, expression, global_orient, body_pose, jaw_pose, leye_pose, reye_pose, left_hand_pose,
+            right_hand_pose,
+        )  # fmt: skip
         dtype = self.v_template.dtype
-        if self.use_pca:
-            left_hand_pose = left_hand_pose @ self.left_hand_components
-            right_hand_pose = right_hand_pose @ self.right_hand_components
-        full_pose = jnp.concatenate(
-            [
-                global_orient,
-                body_pose,
-                jaw_pose,
-                leye_pose,
-                reye_pose,
-                left_hand_pose + self.left_hand_mean,
-                right_hand_pose + self.right_hand_mean,
-            ],
-            axis=-1,
-        ).reshape(n, NUM_JOINTS, 3)
-
-        coeffs = jnp.concatenate([betas, expression], axis=-1)
-        rest_joints = self.joint_template + (coeffs @ self.joint_shapedirs).reshape(n, NUM_JOINTS, 3)
-
-        rot = axis_angle_to_matrix(full_pose)  # (n, 55, 3, 3)
-        pose_feature = (rot[:, 1:] - jnp.eye(3, dtype=dtype)).reshape(n, NUM_POSE_FEATURES)
         # (n, 3 * V), coordinate-major. v_shaped below is only evaluated when the caller uses it.
         features = jnp.concatenate([coeffs, pose_feature], axis=-1)
         v_posed = (self.template_cm + features @ self.blend_dirs).reshape(n, 3, NUM_VERTICES)
         v_shaped = self.template_cm + coeffs @ self.shapedirs
-
-        world_rot, world_pos = self._kinematic_chain(rot, rest_joints)
-        # Relative transform: rotate about the rest joint, i.e. translation = posed joint - R @ rest joint.
-        rel_trans = world_pos - jnp.einsum("njab,njb->nja", world_rot, rest_joints)
         rel = jnp.concatenate([world_rot, rel_trans[..., None]], axis=-1)  # (n, 55, 3, 4)
         # Blend the 12 transform entries of every vertex: (n * 12, 55) x (55, V) products.
         rows = rel.reshape(n, NUM_JOINTS, 12).transpose(0, 2, 1)  # (n, 12, 55)
@@ -428,6 +407,43 @@ class SMPLX(eqx.Module):
             full_pose=full_pose,
         )
 
+    def _articulate(self, betas, expression, global_orient, body_pose, jaw_pose, leye_pose, reye_pose,
+                    left_hand_pose, right_hand_pose):
+        """Full pose, shape coefficients, rest joints, pose feature and the kinematic chain: the
+        part of the forward that does not touch vertices."""
+        n = betas.shape[0]
+        dtype = self.v_template.dtype
+        if self.use_pca:
+            left_hand_pose = left_hand_pose @ self.left_hand_components
+            right_hand_pose = right_hand_pose @ self.right_hand_components
+        full_pose = jnp.concatenate(
+            [
+                global_orient,
+                body_pose,
+                jaw_pose,
+                leye_pose,
+                reye_pose,
+                left_hand_pose + self.left_hand_mean,
+                right_hand_pose + self.right_hand_mean,
+            ],
+            axis=-1,
+        ).reshape(n, NUM_JOINTS, 3)
+        coeffs = jnp.concatenate([betas, expression], axis=-1)
+        rest_joints = self.joint_template + (coeffs @ self.joint_shapedirs).reshape(n, NUM_JOINTS, 3)
+        rot = axis_angle_to_matrix(full_pose)  # (n, 55, 3, 3)
+        pose_feature = (rot[:, 1:] - jnp.eye(3, dtype=dtype)).reshape(n, NUM_POSE_FEATURES)
+        world_rot, world_pos = self._kinematic_chain(rot, rest_joints)
+        # Relative transform: rotate about the rest joint, i.e. translation = posed joint - R @ rest joint.
+        rel_trans = world_pos - jnp.einsum("njab,njb->nja", world_rot, rest_joints)
+        return full_pose, coeffs, rest_joints, pose_feature, world_rot, world_pos, rel_trans
+
+    def vertex_subset(self, vertex_ids) -> SMPLXVertexSubset:
+        """A model that poses only `vertex_ids` (and the 55 skeleton joints): for losses that read a
+        few hundred vertices (hands, feet) in a loop, at a fraction of the full mesh's cost."""
+        ids = np.asarray(vertex_ids, np.int64)
+        cols = np.concatenate([c * NUM_VERTICES + ids for c in range(3)])
+        return SMPLXVertexSubset(self, self.template_cm[cols], self.blend_dirs[:, cols], self.weights_t[:, ids])
+
     def _kinematic_chain(self, rot, rest_joints):
         """World rotation and position of every joint, one batched product per tree level."""
         parents = self.parent_tuple
@@ -446,6 +462,35 @@ class SMPLX(eqx.Module):
         world_rot = jnp.concatenate(rot_levels, axis=1)[:, inverse]
         world_pos = jnp.concatenate(pos_levels, axis=1)[:, inverse]
         return world_rot, world_pos
+
+
+class SMPLXVertexSubset(eqx.Module):
+    """`SMPLX.vertex_subset(ids)`: the skeleton and a subset of the vertices, posed exactly as the
+    full model poses them (same blend shapes and skinning). Body-model keywords as `SMPLX`."""
+
+    body: SMPLX
+    template_cm: Float[Array, " K3"]
+    blend_dirs: Float[Array, "D K3"]
+    weights_t: Float[Array, "55 K"]
+
+    def __call__(self, global_orient, body_pose, transl, betas=None):
+        """(joints (n, 55, 3), vertices (n, K, 3)) in world coordinates, for (n, ...) inputs."""
+        body = self.body
+        n = body_pose.shape[0]
+        dtype = body.v_template.dtype
+        zeros = lambda k: jnp.zeros((n, k), dtype)  # noqa: E731
+        betas = zeros(body.num_betas) if betas is None else jnp.broadcast_to(betas, (n, body.num_betas))
+        _, coeffs, _, pose_feature, world_rot, world_pos, rel_trans = body._articulate(
+            betas, zeros(body.num_expression_coeffs), global_orient, body_pose, zeros(3), zeros(3), zeros(3),
+            zeros(body.hand_pose_dim), zeros(body.hand_pose_dim),
+        )  # fmt: skip
+        k = self.weights_t.shape[1]
+        features = jnp.concatenate([coeffs, pose_feature], axis=-1)
+        v_posed = (self.template_cm + features @ self.blend_dirs).reshape(n, 3, k)
+        rel = jnp.concatenate([world_rot, rel_trans[..., None]], axis=-1).reshape(n, NUM_JOINTS, 12)
+        blended = jnp.einsum("njm,jk->nkm", rel, self.weights_t).reshape(n, k, 3, 4)
+        vertices = jnp.einsum("nkab,nbk->nka", blended[..., :3], v_posed) + blended[..., 3]
+        return world_pos + transl[:, None, :], vertices + transl[:, None, :]
 
 
 SKIN_CHUNK = 8

@@ -58,7 +58,9 @@ class RefineConfig:
     contact_epsilon: float = _help("contact distance epsilon of eq. S1 in metres (not given in the paper)",
                                    default=0.05)
     max_contact_points: int = _help("object Gaussian centres used by the contact loss (subsampled)",
-                                    default=512)
+                                    default=256)
+    max_hand_vertices: int = _help("hand vertices used by the contact loss (subsampled evenly per hand)",
+                                   default=256)
     enabled: bool = _help("run the refinement stage", default=True)
 
 

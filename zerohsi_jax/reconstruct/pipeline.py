@@ -305,12 +305,12 @@ def reconstruct(
         dynamic = has_object and bool(np.any(np.abs(np.diff(np.asarray(object_poses), axis=1)) > 1e-4))
 
         @eqx.filter_jit
-        def refine_all(body, vposer, human, points, hands):
-            fn = lambda h, p: refine_sequence(body, vposer, h, p, hands, cfg.refine, dynamic, refine_terms)  # noqa: E731
+        def refine_all(hands_model, vposer, human, points):
+            fn = lambda h, p: refine_sequence(hands_model, vposer, h, p, cfg.refine, dynamic, refine_terms)  # noqa: E731
             return eqx.filter_vmap(fn, in_axes=(0, 0 if points is not None else None))(human, points)
 
-        hands = jnp.asarray(hand_vertices(inputs.body))
-        refined, _, ref_loss, ref_terms = refine_all(inputs.body, vposer, human2, points, hands)
+        hands_model = inputs.body.vertex_subset(hand_vertices(inputs.body, cfg.refine.max_hand_vertices))
+        refined, _, ref_loss, ref_terms = refine_all(hands_model, vposer, human2, points)
         jax.block_until_ready(refined.transl)
         timings["refinement_s"] = time.perf_counter() - began
         _first_bad("refinement", n_frames - 1, ref_loss, ref_terms)

@@ -42,19 +42,25 @@ def contact_points(obj_means, object_rotations, object_translations, max_points:
     return jnp.einsum("tij,pj->tpi", object_rotations, obj_means) + object_translations[:, None, :]
 
 
-def hand_vertices(body) -> np.ndarray:
-    """H_t of eq. S1: the vertices of both hands (computed once, outside any jit)."""
-    return np.concatenate([hand_vertex_ids(body, "left"), hand_vertex_ids(body, "right")])
+def hand_vertices(body, max_vertices: int | None = None) -> np.ndarray:
+    """H_t of eq. S1: the vertices of both hands, at most `max_vertices` (every k-th of each hand:
+    the pairwise distances to the object are the refinement's largest cost)."""
+    per_hand = []
+    for side in ("left", "right"):
+        ids = hand_vertex_ids(body, side)
+        if max_vertices is not None and len(ids) > max_vertices // 2:
+            ids = ids[np.linspace(0, len(ids) - 1, max_vertices // 2).round().astype(int)]
+        per_hand.append(ids)
+    return np.concatenate(per_hand)
 
 
-def refine_sequence(body, vposer, human: HumanPose, object_points, hands, cfg: RefineConfig, dynamic: bool,
+def refine_sequence(hands_model, vposer, human: HumanPose, object_points, cfg: RefineConfig, dynamic: bool,
                     terms=REFINE_TERMS):
-    """Refine one sequence. `human` holds (T, ...) stage-2 poses; `object_points` (T, P, 3) object
-    centres per frame or None; `hands` the hand vertex ids (`hand_vertices(body)`). Returns
-    (refined HumanPose, latents, loss trace, term traces)."""
-    beta = jnp.zeros((body.num_betas,), human.transl.dtype)
-    reference = body(betas=beta, global_orient=human.global_orient, body_pose=human.body_pose,
-                     transl=human.transl).joints[:, :NUM_BODY_JOINTS_WITH_ROOT]
+    """Refine one sequence. `hands_model` is `body.vertex_subset(hand_vertices(body))`: the skeleton
+    and the hand vertices, all the refinement reads of the body; `human` holds (T, ...) stage-2
+    poses; `object_points` (T, P, 3) object centres per frame or None. Returns (refined
+    HumanPose, latents, loss per iteration, each term per iteration)."""
+    reference = hands_model(human.global_orient, human.body_pose, human.transl)[0][:, :NUM_BODY_JOINTS_WITH_ROOT]
     latents0 = vposer.encode(human.body_pose)[0]
     smooth_weight = cfg.smooth_weight_dynamic if dynamic else cfg.smooth_weight_static
     opt = optax.adam(cfg.learning_rate)
@@ -64,14 +70,14 @@ def refine_sequence(body, vposer, human: HumanPose, object_points, hands, cfg: R
 
     def loss_fn(params):
         body_pose = decode(params["latents"])
-        out = body(betas=beta, global_orient=params["global_orient"], body_pose=body_pose, transl=params["transl"])
+        joints, hand_verts = hands_model(params["global_orient"], body_pose, params["transl"])
         if object_points is None:
             contact = jnp.zeros((body_pose.shape[0],), body_pose.dtype)
         else:
             contact = jax.vmap(hand_object_contact_loss, in_axes=(0, 0, None))(
-                out.vertices[:, hands], object_points, cfg.contact_epsilon
+                hand_verts, object_points, cfg.contact_epsilon
             )
-        ctx = RefineContext(reference, out.joints[:, :NUM_BODY_JOINTS_WITH_ROOT], body_pose, contact,
+        ctx = RefineContext(reference, joints[:, :NUM_BODY_JOINTS_WITH_ROOT], body_pose, contact,
                             cfg.contact_weight, smooth_weight,
                             HumanPose(params["transl"], params["global_orient"], body_pose), params["latents"])
         return weighted_sum(terms, cfg.loss_weights, ctx)

@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ..body import hand_vertex_ids
 from ..reconstruct.state import HumanPose, ObjectPose
 from ..splat import Camera
 
@@ -51,37 +49,49 @@ class GroundTruth:
     grasp_frame: int
 
 
-def reach_pose(body, start_pose, transl, target, iterations: int = 150) -> np.ndarray:
-    """Right arm and spine pose that brings the right palm to `target` (small Adam IK)."""
-    return np.asarray(_reach_solver(body, iterations)(jnp.asarray(start_pose), jnp.asarray(transl, jnp.float32),
-                                                      jnp.asarray(target, jnp.float32)))
+RIGHT_MIDDLE1 = 43  # base of the right middle finger: with the wrist, it brackets the palm
 
 
-def _reach_solver(body, iterations: int):
-    hand_ids = jnp.asarray(hand_vertex_ids(body, "right"))
+def _palm_positions(body):
+    """Right-palm position of body poses (joints only: no skinning, cheap enough to vmap)."""
+    from ..avatar.skinning import joint_transforms
+
+    joints_rest = jnp.asarray(body.joint_template)
+    parents = tuple(int(p) for p in np.asarray(body.parents))
+
+    def palm(body_pose, transl):
+        pose = jnp.concatenate([jnp.zeros((1, 3)), body_pose.reshape(21, 3), jnp.zeros((33, 3))])
+        joints, _ = joint_transforms(pose, joints_rest, parents)
+        return 0.5 * (joints[RIGHT_ARM[-1]] + joints[RIGHT_MIDDLE1]) + transl
+
+    return palm
+
+
+def reach_solver(body, iterations: int = 200):
+    """A jitted, vmappable IK: (start pose, root translation, palm target) -> pose whose right
+    palm reaches the target by moving the spine and the right arm only."""
+    palm = _palm_positions(body)
     movable = np.zeros(63, bool)
     for j in SPINE + RIGHT_ARM:
         movable[(j - 1) * 3 : j * 3] = True
     movable = jnp.asarray(movable)
     opt = optax.adam(0.03)
 
-    @eqx.filter_jit
-    def solve(body, start, transl, target):
+    def solve(start, transl, target):
         def loss(delta):
             pose = start + jnp.where(movable, delta, 0.0)
-            palm = jnp.mean(body(body_pose=pose, transl=transl).vertices[hand_ids], axis=0)
-            return jnp.sum((palm - target) ** 2) + 1e-3 * jnp.sum(delta**2)
+            return jnp.sum((palm(pose, transl) - target) ** 2) + 1e-3 * jnp.sum(delta**2)
 
         def step(carry, _):
             d, s = carry
             u, s = opt.update(jax.grad(loss)(d), s, d)
             return (optax.apply_updates(d, u), s), None
 
-        delta0 = jnp.zeros(63)
+        delta0 = jnp.zeros(63, start.dtype)
         (delta, _), _ = jax.lax.scan(step, (delta0, opt.init(delta0)), None, length=iterations)
         return start + jnp.where(movable, delta, 0.0)
 
-    return lambda start, transl, target: solve(body, start, transl, target)
+    return jax.jit(jax.vmap(solve))
 
 
 def _smoothstep(x):
@@ -100,11 +110,11 @@ def interaction_motion(body, num_frames: int, *, table_center, table_top: float,
                             np.float32)
 
     stand = standing_pose()
-    solve = _reach_solver(body, 150)
+    solve = reach_solver(body)
     grasp_target = object_start + np.array([0.0, object_half_height + 0.03, 0.0], np.float32)
-    reach = np.asarray(solve(jnp.asarray(stand), jnp.asarray(end_root), jnp.asarray(grasp_target)))
+    reach = np.asarray(solve(stand[None], end_root[None], grasp_target[None]))[0]
     lift_target = np.array([end_root[0] - 0.12, floor_offset + 0.05, end_root[2] + 0.32], np.float32)
-    lift = np.asarray(solve(jnp.asarray(reach), jnp.asarray(end_root), jnp.asarray(lift_target)))
+    lift = np.asarray(solve(reach[None], end_root[None], lift_target[None]))[0]
 
     u = np.linspace(0.0, 1.0, num_frames)
     grasp_frame = int(round(0.5 * (num_frames - 1)))
@@ -130,12 +140,39 @@ def interaction_motion(body, num_frames: int, *, table_center, table_top: float,
         rot[t], trans[t] = m[:3, :3], m[:3, 3]
     objects = ObjectPose(jnp.asarray(rot), jnp.asarray(trans))
 
-    target = np.array([table_center[0], 0.9, table_center[2] - 0.4])
+    target = np.array([table_center[0], 0.85, table_center[2] - 0.45])
     viewmats = []
     for s in u:
-        # A slow arc on the person's right side, where the reaching arm is in view.
-        angle = np.deg2rad(-118.0 + 8.0 * s)
-        eye = target + np.array([2.0 * np.sin(angle), 0.5 + 0.1 * s, -2.0 * np.cos(angle)])
+        # A slow arc on the person's right side, where the reaching arm is in view and the table
+        # stands beside the person rather than in front of the legs.
+        angle = np.deg2rad(-97.0 + 10.0 * s)
+        eye = target + np.array([1.9 * np.sin(angle), 0.45 + 0.1 * s, -1.9 * np.cos(angle)])
         viewmats.append(np.asarray(Camera.look_at(eye, target, width=camera_size, height=camera_size,
                                                   fov_y_deg=fov_y_deg).viewmat))
     return GroundTruth(human=human, object_poses=objects, viewmats=np.stack(viewmats), grasp_frame=grasp_frame)
+
+
+def reach_and_lift_poses(body, num_motions: int, frames_per_motion: int = 12, *, seed: int = 0,
+                         jitter: float = 0.03) -> np.ndarray:
+    """Body poses of `num_motions` random reach-and-lift motions (boxes at random places in
+    front of and beside the person, lifted to random points near the chest), with a little
+    per-joint jitter: a training set for a demo pose prior. (N, 63)."""
+    rng = np.random.default_rng(seed)
+    rest = np.asarray(body().vertices)
+    root = np.array([0.0, -float(rest[..., 1].min()), 0.0], np.float32)
+    roots = np.tile(root, (num_motions, 1))
+    solve = reach_solver(body)
+    stand = np.tile(standing_pose(), (num_motions, 1))
+    grasp = root + np.stack([rng.uniform(-0.45, 0.15, num_motions), rng.uniform(-0.45, -0.05, num_motions),
+                             rng.uniform(0.25, 0.6, num_motions)], -1)
+    reach = np.asarray(solve(stand, roots, grasp.astype(np.float32)))
+    lift = root + np.stack([rng.uniform(-0.3, 0.05, num_motions), rng.uniform(-0.15, 0.3, num_motions),
+                            rng.uniform(0.2, 0.45, num_motions)], -1)
+    lifted = np.asarray(solve(reach, roots, lift.astype(np.float32)))
+    u = np.linspace(0.0, 1.0, frames_per_motion)[None, :, None]
+    a = _smoothstep(u / 0.45)
+    b = _smoothstep((u - 0.55) / 0.45)
+    poses = (1 - a) * stand[:, None] + a * reach[:, None]
+    poses = (1 - b) * poses + b * lifted[:, None]
+    poses = poses.reshape(-1, 63)
+    return (poses + rng.normal(scale=jitter, size=poses.shape)).astype(np.float32)
