@@ -56,7 +56,8 @@ def test_float64_render_equals_brute_force(name, seed, x64):
     if name == "opaque":
         g = eqx.tree_at(lambda g: g.opacity_logits, g, jnp.full_like(g.opacity_logits, 9.0))
     cam = random_camera(rng, 50, 37, dtype=jnp.float64)
-    cfg = RasterConfig(tile_capacity=g.num, chunk_size=8, **cfg_kw)
+    # Capacities that cannot overflow: every Gaussian in every tile.
+    cfg = RasterConfig(tile_capacity=g.num, pair_capacity=g.num * 16, chunk_size=8, **cfg_kw)
     groups = 3 if g.groups is not None else 0
     out = render(g, cam, jnp.asarray(BG), num_groups=groups, config=cfg)
     assert int(out.overflow) == 0

@@ -33,8 +33,10 @@ class DemoScene:
 
 
 def build_demo_scene(num_frames: int, size: int, *, seed: int = 0, fov_y_deg: float = 55.0,
-                     avatar_gaussians: int = 4000):
-    """Assets, ground truth and the rendered reference video of the demo."""
+                     avatar_gaussians: int = 4000, avatar_size: str = "small", room_spacing: float = 0.12,
+                     object_spacing: float = 0.035):
+    """Assets, ground truth and the rendered reference video of the demo (smaller assets through
+    the keywords, for tests)."""
     import jax
     import jax.numpy as jnp
 
@@ -50,10 +52,10 @@ def build_demo_scene(num_frames: int, size: int, *, seed: int = 0, fov_y_deg: fl
     from .synthetic.pose_prior import synthetic_pose_prior
 
     body = SMPLX.load(synthetic_smplx_path(), num_betas=10, use_pca=False, flat_hand_mean=True)
-    avatar = builtin_avatar(seed, num_gaussians=avatar_gaussians)
-    room = make_room(seed=seed)
+    avatar = builtin_avatar(seed, size=avatar_size, num_gaussians=avatar_gaussians)
+    room = make_room(seed=seed, spacing=room_spacing)
     half = 0.1
-    obj = make_object(seed=seed + 1, size=(0.28, 2 * half, 0.2))
+    obj = make_object(seed=seed + 1, size=(0.28, 2 * half, 0.2), spacing=object_spacing)
     truth = interaction_motion(body, num_frames, table_center=room.table_center, table_top=room.table_top_height,
                                object_half_height=half, camera_size=size, fov_y_deg=fov_y_deg)
     focal = 0.5 * size / np.tan(np.deg2rad(fov_y_deg) / 2)

@@ -455,8 +455,11 @@ class SMPLX(eqx.Module):
             slot = [prev.index(parents[j]) for j in level]
             parent_rot = rot_levels[-1][:, slot]
             offset = rest_joints[:, list(level)] - rest_joints[:, [parents[j] for j in level]]
-            rot_levels.append(parent_rot @ rot[:, list(level)])
-            pos_levels.append(jnp.einsum("njab,njb->nja", parent_rot, offset) + pos_levels[-1][:, slot])
+            # 3x3 products written as broadcast multiply-adds: XLA's algebraic simplifier mis-shapes
+            # these batched dots once vmap adds a third batch axis (a verifier error), and at this
+            # size the elementwise form is as fast.
+            rot_levels.append(jnp.sum(parent_rot[..., :, :, None] * rot[:, list(level)][..., None, :, :], axis=-2))
+            pos_levels.append(jnp.sum(parent_rot * offset[..., None, :], axis=-1) + pos_levels[-1][:, slot])
         order = [j for level in self.levels for j in level]
         inverse = np.argsort(order)
         world_rot = jnp.concatenate(rot_levels, axis=1)[:, inverse]

@@ -17,12 +17,49 @@ def _help(text: str, **kw):
     return dataclasses.field(metadata={"help": text}, **kw)
 
 
+class LossWeights(Mapping):
+    """An immutable, hashable {term name: weight} (configs are static arguments of compiled
+    programs, so everything in them must hash)."""
+
+    def __init__(self, items=()):
+        self._items = tuple(sorted((str(k), float(v)) for k, v in dict(items).items()))
+
+    def __getitem__(self, key):
+        for k, v in self._items:
+            if k == key:
+                return v
+        raise KeyError(key)
+
+    def __iter__(self):
+        return (k for k, _ in self._items)
+
+    def __len__(self):
+        return len(self._items)
+
+    def __hash__(self):
+        return hash(self._items)
+
+    def __eq__(self, other):
+        return isinstance(other, Mapping) and dict(self._items) == dict(other.items())
+
+    def __repr__(self):
+        return f"LossWeights({dict(self._items)})"
+
+
 def _weights(**kw):
-    return dataclasses.field(default_factory=lambda: dict(kw), metadata={"help": "loss term -> weight"})
+    return dataclasses.field(default_factory=lambda: LossWeights(kw), metadata={"help": "loss term -> weight"})
+
+
+class _HashableWeights:
+    """Mixin: a dict given for `loss_weights` becomes a LossWeights."""
+
+    def __post_init__(self):
+        if not isinstance(self.loss_weights, LossWeights):
+            object.__setattr__(self, "loss_weights", LossWeights(self.loss_weights))
 
 
 @dataclasses.dataclass(frozen=True)
-class CameraTrackingConfig:
+class CameraTrackingConfig(_HashableWeights):
     iterations: int = _help("Adam iterations per frame", default=30)
     learning_rate: float = _help("Adam learning rate of the relative camera transform", default=1e-3)
     loss: str = _help("photometric error on the static background: 'l2' (Algorithm 1) or 'l1'", default="l2")
@@ -32,7 +69,7 @@ class CameraTrackingConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class HSIFitConfig:
+class HSIFitConfig(_HashableWeights):
     iterations: int = _help("Adam iterations per frame", default=300)
     root_only_iterations: int = _help("first iterations that move only root translation and orientation",
                                       default=30)
@@ -47,7 +84,7 @@ class HSIFitConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class RefineConfig:
+class RefineConfig(_HashableWeights):
     iterations: int = _help("Adam iterations over the whole sequence", default=1000)
     learning_rate: float = _help("Adam learning rate of VPoser latents, root translation and orientation",
                                  default=5e-2)

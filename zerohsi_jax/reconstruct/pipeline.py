@@ -84,52 +84,81 @@ def _first_bad(stage: str, frame: int, totals, terms: Mapping[str, np.ndarray]):
 # --------------------------------------------------------------------------- the programs
 
 
-class Programs:
-    """The compiled per-frame programs for one set of inputs and configuration."""
+class Shared(eqx.Module):
+    """The arrays every seed and frame reads: the programs' non-batched argument."""
 
-    def __init__(self, inputs: SceneInputs, cfg: ReconstructConfig, raster: RasterConfig, has_estimates: bool,
-                 camera_terms=CAMERA_TERMS, hsi_terms=HSI_TERMS):
-        self.cfg = cfg
-        self.raster = raster
-        background = jnp.asarray(cfg.background, jnp.float32)
-        color0, avatar_rest = eqx.partition(inputs.avatar, inputs.avatar.color_filter())
-        self.color0 = color0
-        shared = (inputs.scene, inputs.object, avatar_rest, inputs.camera)
+    scene: object
+    object: object
+    avatar_rest: object
+    camera: Camera
 
-        def camera_step(shared, viewmat, frame, background_mask):
-            scene, _, _, camera = shared
-            return track_camera(scene, camera, viewmat, frame, background_mask, cfg.camera, raster, background,
-                                camera_terms)
 
-        def hsi_step(shared, state: FrameState, viewmat, frame, human_mask, object_mask, estimate):
-            scene, obj, rest, camera = shared
-            init = state.human
-            if has_estimates:
-                init = HumanPose(init.transl, init.global_orient, estimate)
-            human, object_pose, color, losses, terms, overflow = fit_frame(
-                rest, state.color, init, state.object, obj, scene, camera.with_viewmat(viewmat), frame,
-                human_mask, object_mask, state.object_depth0, cfg.hsi, raster, background, hsi_terms,
-            )
-            return FrameState(viewmat, human, object_pose, color, state.object_depth0), losses, terms, overflow
+# The compiled programs. Configs, rasterizer settings and term tables are static (hashable)
+# arguments, so every `reconstruct` call with the same shapes and settings reuses one compilation.
 
-        def initial_depth(shared, state: FrameState, object_mask):
-            """D_O^0 (eq. 12): mean rendered depth of frame 0 inside the object's mask."""
-            scene, obj, rest, camera = shared
-            avatar = eqx.combine(state.color, rest)
-            out = render_frame(avatar, state.human, obj, state.object, scene, camera.with_viewmat(state.viewmat),
-                               raster, background)
-            return mean_masked_depth(out.depth, object_mask)
 
-        self.shared = shared
-        seeds = dict(in_axes=(None, 0, 0, 0))
-        self.camera_step = eqx.filter_jit(eqx.filter_vmap(camera_step, **seeds))
-        self.hsi_step = eqx.filter_jit(eqx.filter_vmap(hsi_step, in_axes=(None, 0, 0, 0, 0, 0, 0)))
-        self.initial_depth = eqx.filter_jit(eqx.filter_vmap(initial_depth, in_axes=(None, 0, 0)))
-        # Frame-parallel: frames become a second batch axis of the HSI program.
-        self.hsi_frames_step = eqx.filter_jit(
-            eqx.filter_vmap(eqx.filter_vmap(hsi_step, in_axes=(None, 0, 0, 0, 0, 0, 0)),
-                            in_axes=(None, 0, 0, 0, 0, 0, 0))
-        )
+@eqx.filter_jit
+def camera_program(shared: Shared, viewmats, frames, background_masks, cfg, raster, background, terms):
+    """Stage 1 for one frame of every seed."""
+    def one(viewmat, frame, mask):
+        return track_camera(shared.scene, shared.camera, viewmat, frame, mask, cfg, raster,
+                            jnp.asarray(background, jnp.float32), dict(terms))
+
+    return eqx.filter_vmap(one)(viewmats, frames, background_masks)
+
+
+def _fit_one(shared: Shared, state: FrameState, viewmat, frame, human_mask, object_mask, estimate, cfg, raster,
+             background, terms, use_estimates: bool):
+    init = state.human
+    if use_estimates:
+        init = HumanPose(init.transl, init.global_orient, estimate)
+    human, object_pose, color, losses, values, overflow = fit_frame(
+        shared.avatar_rest, state.color, init, state.object, shared.object, shared.scene,
+        shared.camera.with_viewmat(viewmat), frame, human_mask, object_mask, state.object_depth0, cfg, raster,
+        jnp.asarray(background, jnp.float32), dict(terms),
+    )  # fmt: skip
+    return FrameState(viewmat, human, object_pose, color, state.object_depth0), losses, values, overflow
+
+
+@eqx.filter_jit
+def hsi_program(shared: Shared, states, viewmats, frames, human_masks, object_masks, estimates, cfg, raster,
+                background, terms, use_estimates: bool):
+    """Stage 2 for one frame of every seed."""
+    def one(*args):
+        return _fit_one(shared, *args, cfg, raster, background, terms, use_estimates)
+
+    return eqx.filter_vmap(one)(states, viewmats, frames, human_masks, object_masks, estimates)
+
+
+@eqx.filter_jit
+def hsi_frames_program(shared: Shared, states, viewmats, frames, human_masks, object_masks, estimates, cfg,
+                       raster, background, terms, use_estimates: bool):
+    """Stage 2 for many frames of every seed at once (frame-parallel mode): (seeds, frames, ...)."""
+    def one(*args):
+        return _fit_one(shared, *args, cfg, raster, background, terms, use_estimates)
+
+    return eqx.filter_vmap(eqx.filter_vmap(one))(states, viewmats, frames, human_masks, object_masks, estimates)
+
+
+@eqx.filter_jit
+def initial_depth_program(shared: Shared, states, object_masks, raster, background):
+    """D_O^0 (eq. 12): mean rendered depth of frame 0 inside the object's mask, per seed."""
+    def one(state: FrameState, mask):
+        avatar = eqx.combine(state.color, shared.avatar_rest)
+        out = render_frame(avatar, state.human, shared.object, state.object, shared.scene,
+                           shared.camera.with_viewmat(state.viewmat), raster, jnp.asarray(background, jnp.float32))
+        return mean_masked_depth(out.depth, mask)
+
+    return eqx.filter_vmap(one)(states, object_masks)
+
+
+@eqx.filter_jit
+def refine_program(hands_model, vposer, human, points, cfg, dynamic: bool, terms):
+    """Stage 3 for every seed."""
+    def one(h, p):
+        return refine_sequence(hands_model, vposer, h, p, cfg, dynamic, dict(terms))
+
+    return eqx.filter_vmap(one, in_axes=(0, 0 if points is not None else None))(human, points)
 
 
 def _state_arrays(state: FrameState) -> dict:
@@ -211,7 +240,16 @@ def reconstruct(
     n_seeds, n_frames = observations.frames.shape[:2]
     has_object = inputs.object is not None
     raster = raster or measure_raster_config(inputs, initial, cfg)
-    programs = Programs(inputs, cfg, raster, observations.pose_estimates is not None, camera_terms, hsi_terms)
+    color0, avatar_rest = eqx.partition(inputs.avatar, inputs.avatar.color_filter())
+    shared = Shared(inputs.scene, inputs.object, avatar_rest, inputs.camera)
+    background = tuple(float(c) for c in cfg.background)
+    camera_terms, hsi_terms, refine_terms = (tuple(sorted(t.items())) for t in (camera_terms, hsi_terms, refine_terms))
+    use_estimates = observations.pose_estimates is not None
+
+    def fit(states, viewmats, t_slice, program):
+        return program(shared, states, viewmats, obs.frames[:, t_slice], obs.human_masks[:, t_slice],
+                       obs.object_masks[:, t_slice], estimates[:, t_slice], cfg.hsi, raster, background, hsi_terms,
+                       use_estimates)
     timings = {"camera_tracking_s": 0.0, "hsi_fit_s": 0.0, "refinement_s": 0.0, "compile_and_first_frame_s": 0.0}
     folder = RunFolder(run_dir) if run_dir is not None else None
     if folder is not None:
@@ -230,15 +268,15 @@ def reconstruct(
     start = 1
     states = None
     if folder is not None and resume and (t_done := folder.resumable_frame()) is not None:
-        color = folder.read_color_state(_broadcast_seeds(programs.color0, n_seeds))
+        color = folder.read_color_state(_broadcast_seeds(color0, n_seeds))
         states = [_state_from_arrays(folder.read_frame(t), color) for t in range(t_done + 1)]
         start = t_done + 1
         if progress:
             print(f"resuming {run_dir} after frame {t_done}")
     if states is None:
-        state0 = FrameState(inputs.camera.viewmat, initial.human, object0, programs.color0, jnp.zeros(()))
+        state0 = FrameState(inputs.camera.viewmat, initial.human, object0, color0, jnp.zeros(()))
         state0 = _broadcast_seeds(state0, n_seeds)
-        depth0 = programs.initial_depth(programs.shared, state0, obs.object_masks[:, 0])
+        depth0 = initial_depth_program(shared, state0, obs.object_masks[:, 0], raster, background)
         state0 = eqx.tree_at(lambda s: s.object_depth0, state0, depth0)
         states = [state0]
         if folder is not None:
@@ -251,18 +289,16 @@ def reconstruct(
     for t in bar:
         prev = states[t - 1]
         began = time.perf_counter()
-        viewmat, cam_loss, cam_terms, cam_overflow = programs.camera_step(
-            programs.shared, prev.viewmat, obs.frames[:, t], background_masks[:, t]
+        viewmat, cam_loss, cam_terms, cam_overflow = camera_program(
+            shared, prev.viewmat, obs.frames[:, t], background_masks[:, t], cfg.camera, raster, background,
+            camera_terms,
         )
         jax.block_until_ready(viewmat)
         camera_s = time.perf_counter() - began
         _first_bad("camera tracking", t, cam_loss, cam_terms)
         if t < sequential_end:
             began = time.perf_counter()
-            state, hsi_loss, hsi_terms_v, hsi_overflow = programs.hsi_step(
-                programs.shared, prev, viewmat, obs.frames[:, t], obs.human_masks[:, t], obs.object_masks[:, t],
-                estimates[:, t],
-            )
+            state, hsi_loss, hsi_terms_v, hsi_overflow = fit(prev, viewmat, t, hsi_program)
             jax.block_until_ready(state.viewmat)
             hsi_s = time.perf_counter() - began
             _first_bad("HSI fit", t, hsi_loss, hsi_terms_v)
@@ -287,7 +323,7 @@ def reconstruct(
             bar.set_postfix(hsi_loss=f"{float(np.mean(np.asarray(hsi_loss)[..., -1])):.4f}")
 
     if sequential_end < n_frames:
-        states = _fit_frames_in_parallel(programs, states, sequential_end, obs, estimates, timings, folder, losses)
+        states = _fit_frames_in_parallel(fit, raster, states, sequential_end, n_frames, timings, folder, losses)
 
     stacked = tree_stack(states)  # leaves (T, S, ...)
     stacked = jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), stacked)  # (S, T, ...)
@@ -304,13 +340,9 @@ def reconstruct(
             )
         dynamic = has_object and bool(np.any(np.abs(np.diff(np.asarray(object_poses), axis=1)) > 1e-4))
 
-        @eqx.filter_jit
-        def refine_all(hands_model, vposer, human, points):
-            fn = lambda h, p: refine_sequence(hands_model, vposer, h, p, cfg.refine, dynamic, refine_terms)  # noqa: E731
-            return eqx.filter_vmap(fn, in_axes=(0, 0 if points is not None else None))(human, points)
-
         hands_model = inputs.body.vertex_subset(hand_vertices(inputs.body, cfg.refine.max_hand_vertices))
-        refined, _, ref_loss, ref_terms = refine_all(hands_model, vposer, human2, points)
+        refined, _, ref_loss, ref_terms = refine_program(hands_model, vposer, human2, points, cfg.refine, dynamic,
+                                                         refine_terms)
         jax.block_until_ready(refined.transl)
         timings["refinement_s"] = time.perf_counter() - began
         _first_bad("refinement", n_frames - 1, ref_loss, ref_terms)
@@ -340,28 +372,21 @@ def _warn_overflow(t, overflow, raster):
     )
 
 
-def _fit_frames_in_parallel(programs, states, first, obs, estimates, timings, folder, losses):
+def _fit_frames_in_parallel(fit, raster, states, first, n_frames, timings, folder, losses):
     """Frame-parallel HSI fit of frames first..T-1, every frame starting from frame first-1."""
-    n_frames = obs.frames.shape[1]
-    frames = range(first, n_frames)
+    count = n_frames - first
     anchor = states[first - 1]
-    f = len(frames)
-    rep = lambda x: jnp.broadcast_to(x[:, None], (x.shape[0], f) + x.shape[1:])  # noqa: E731  (S, F, ...)
-    init = jax.tree.map(rep, anchor)
-    viewmats = jnp.stack([states[t].viewmat for t in frames], axis=1)
-    sel = lambda a: a[:, first:]  # noqa: E731
+    init = jax.tree.map(lambda x: jnp.broadcast_to(x[:, None], (x.shape[0], count) + x.shape[1:]), anchor)
+    viewmats = jnp.stack([states[t].viewmat for t in range(first, n_frames)], axis=1)
     began = time.perf_counter()
-    fitted, hsi_loss, hsi_terms_v, overflow = programs.hsi_frames_step(
-        programs.shared, init, viewmats, sel(obs.frames), sel(obs.human_masks), sel(obs.object_masks),
-        sel(estimates),
-    )
+    fitted, hsi_loss, hsi_terms_v, overflow = fit(init, viewmats, slice(first, n_frames), hsi_frames_program)
     jax.block_until_ready(fitted.viewmat)
     timings["hsi_fit_s"] += time.perf_counter() - began
     _first_bad("HSI fit (frame-parallel)", first, hsi_loss, hsi_terms_v)
     if int(jnp.max(overflow)):
-        _warn_overflow(first, int(jnp.max(overflow)), programs.raster)
+        _warn_overflow(first, int(jnp.max(overflow)), raster)
     out = list(states[:first])
-    for i, t in enumerate(frames):
+    for i, t in enumerate(range(first, n_frames)):
         state = jax.tree.map(lambda x, i=i: x[:, i], fitted)
         out.append(state)
         losses["hsi"].append(np.asarray(hsi_loss[:, i]))
@@ -405,7 +430,6 @@ def write_results(folder: RunFolder, result: Reconstruction, num_betas: int) -> 
 
 __all__ = [
     "InitialState",
-    "Programs",
     "Reconstruction",
     "ReconstructionDiverged",
     "measure_raster_config",

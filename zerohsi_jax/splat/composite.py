@@ -133,6 +133,7 @@ def _level_chunk_ends(counts_sorted, sizes, capacity: int, cfg: RasterConfig):
 def _sort_tiles(ids, counts, pix):
     """Tiles in decreasing order of their counts, so that the tiles still busy after any chunk
     form a prefix, and the permutation that undoes it."""
+    ids, counts = jnp.asarray(ids), jnp.asarray(counts)
     order = jnp.argsort(-counts, stable=True)
     inverse = jnp.argsort(order)
     return order, inverse, ids[order], counts[order], pix[order]
