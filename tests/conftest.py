@@ -36,6 +36,15 @@ def x64():
         yield
 
 
+@pytest.fixture(scope="session")
+def tiny_demo():
+    """The demo problem at its smallest (3 frames at 40x40, a 600-Gaussian avatar): shared by the
+    pipeline tests so that its assets are built and its programs compiled once per session."""
+    from zerohsi_jax.demo import build_demo_scene
+
+    return build_demo_scene(3, 40, avatar_gaussians=600, avatar_size="tiny", room_spacing=0.3, object_spacing=0.07)
+
+
 @pytest.fixture
 def seed(request):
     """A fresh seed per run (set ZEROHSI_TEST_SEED to replay one); printed so a failure names it."""

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from zerohsi_jax.demo import build_demo_scene, noisy_estimates
+from zerohsi_jax.demo import noisy_estimates
 from zerohsi_jax.reconstruct import (
     CameraTrackingConfig,
     HSIFitConfig,
@@ -29,8 +29,8 @@ CFG = ReconstructConfig(
 
 
 @pytest.fixture(scope="module")
-def problem():
-    return build_demo_scene(3, 40, avatar_gaussians=600, avatar_size="tiny", room_spacing=0.3, object_spacing=0.07)
+def problem(tiny_demo):
+    return tiny_demo
 
 
 def _observations(demo, seeds, noise=0.05, frames=None):

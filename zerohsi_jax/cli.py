@@ -51,6 +51,49 @@ def _cmd_demo(args) -> int:
     return run_demo(args)
 
 
+def _cmd_config(args) -> int:
+    from .run_config import example_config, load_run_config
+
+    if args.example:
+        print(example_config(), end="")
+        return 0
+    if args.check is None:
+        print("zerohsi-jax config: give --example or --check CONFIG", file=sys.stderr)
+        return 2
+    load_run_config(args.check)
+    print(f"{args.check}: valid")
+    return 0
+
+
+def _cmd_init_frame(args) -> int:
+    from .app import init_frame_command
+
+    init_frame_command(args.config)
+    return 0
+
+
+def _cmd_segment(args) -> int:
+    from .app import segment_command
+
+    segment_command(args.config)
+    return 0
+
+
+def _cmd_reconstruct(args) -> int:
+    from .app import reconstruct_command
+
+    reconstruct_command(args.config, seeds=args.seeds, resume=not args.no_resume)
+    return 0
+
+
+def _cmd_continue(args) -> int:
+    from .app import continue_command
+
+    continue_command(args.run_dir, video=args.video, masks=args.masks, pose_estimates=args.pose_estimates,
+                     out=args.out)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="zerohsi-jax",
@@ -84,6 +127,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frame-parallel", action="store_true", help="experimental frame-parallel HSI fit")
     p.add_argument("--no-resume", action="store_true", help="start over instead of resuming a run in --out")
     p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("config", help="print an example run config, or validate one")
+    p.add_argument("--example", action="store_true", help="print every field with its default and meaning")
+    p.add_argument("--check", type=Path, help="validate a config file")
+    p.set_defaults(func=_cmd_config)
+
+    p = sub.add_parser("init-frame", help="render the initial state for the image-to-video generator")
+    p.add_argument("config", type=Path)
+    p.set_defaults(func=_cmd_init_frame)
+
+    p = sub.add_parser("segment", help="SAM2 masks of human and object through the config's videos")
+    p.add_argument("config", type=Path)
+    p.set_defaults(func=_cmd_segment)
+
+    p = sub.add_parser("reconstruct", help="camera tracking, HSI fit and refinement on the config's videos")
+    p.add_argument("config", type=Path)
+    p.add_argument("--seeds", type=int, help="fit the first N videos together (default: all)")
+    p.add_argument("--no-resume", action="store_true", help="start over instead of resuming the run folder")
+    p.set_defaults(func=_cmd_reconstruct)
+
+    p = sub.add_parser("continue", help="the next clip of a long sequence, starting from a run's last frame")
+    p.add_argument("run_dir", type=Path, help="the output folder of a finished reconstruct")
+    p.add_argument("--video", required=True, help="the next clip, generated from the last frame")
+    p.add_argument("--masks", help="its masks (.npz with 'human' and 'object'); default: SAM2")
+    p.add_argument("--pose-estimates", help="its per-frame body pose estimates (.npy, (T, 63))")
+    p.add_argument("--out", help="output folder (default RUN_DIR/next)")
+    p.set_defaults(func=_cmd_continue)
     return parser
 
 

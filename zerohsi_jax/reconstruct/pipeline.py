@@ -27,6 +27,8 @@ from .losses import CAMERA_TERMS, HSI_TERMS, REFINE_TERMS, mean_masked_depth, st
 from .refinement import contact_points, hand_vertices, refine_sequence
 from .run_files import RunFolder
 from .state import (
+    OBJECT_GROUP,
+    SCENE_GROUP,
     FrameState,
     HumanPose,
     ObjectPose,
@@ -241,7 +243,10 @@ def reconstruct(
     has_object = inputs.object is not None
     raster = raster or measure_raster_config(inputs, initial, cfg)
     color0, avatar_rest = eqx.partition(inputs.avatar, inputs.avatar.color_filter())
-    shared = Shared(inputs.scene, inputs.object, avatar_rest, inputs.camera)
+    # Group ids set once here, so that scenes with and without them compile to the same program.
+    shared = Shared(inputs.scene.with_group(SCENE_GROUP),
+                    None if inputs.object is None else inputs.object.with_group(OBJECT_GROUP), avatar_rest,
+                    inputs.camera)
     background = tuple(float(c) for c in cfg.background)
     camera_terms, hsi_terms, refine_terms = (tuple(sorted(t.items())) for t in (camera_terms, hsi_terms, refine_terms))
     use_estimates = observations.pose_estimates is not None

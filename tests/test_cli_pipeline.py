@@ -1,0 +1,111 @@
+"""The run config and the file-based commands: init-frame, reconstruct and continue on a scene the
+demo generates and writes to disk as a user's files would be."""
+
+import json
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+import yaml
+
+from zerohsi_jax.cli import main
+from zerohsi_jax.demo import noisy_estimates
+from zerohsi_jax.io import write_video
+from zerohsi_jax.run_config import ConfigError, RunConfig, example_config, load_run_config
+from zerohsi_jax.splat import save_ply
+
+
+def test_example_config_loads_back_to_the_defaults(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(example_config())
+    cfg = load_run_config(path)
+    assert cfg.reconstruct == RunConfig().reconstruct
+    assert cfg.video == RunConfig().video
+    assert cfg.reconstruct.hsi.iterations == 300 and cfg.base_dir == str(tmp_path.resolve())
+
+
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ("scene: {plyy: a.ply}", r"scene: unknown key 'plyy' \(did you mean 'ply'\?\)"),
+        ("video: {stride: three}", r"video.stride: expected an integer, got 'three'"),
+        ("human: {transl: [0, 1]}", r"human.transl: expected a list of 3 values, got 2"),
+        ("reconstruct: {hsi: {learning_rate: fast}}", r"reconstruct.hsi.learning_rate: expected a number"),
+        ("reconstruct: {mode: sideways}", r"mode must be 'sequential' or 'frame_parallel'"),
+        ("- just a list", r"top level must be a mapping"),
+    ],
+)
+def test_config_errors_name_the_file_and_the_key(tmp_path, text, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message) as err:
+        load_run_config(path)
+    assert "bad.yaml" in str(err.value)
+
+
+def test_missing_config_file_says_how_to_make_one(tmp_path, capsys):
+    assert main(["reconstruct", str(tmp_path / "none.yaml")]) == 2
+    assert "config --example" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory, tiny_demo):
+    """A demo problem written out as a user's files: scene and object .ply, camera JSON, an mp4,
+    masks, pose estimates, the initial body pose, and a config with a tiny schedule."""
+    root = tmp_path_factory.mktemp("user")
+    demo = tiny_demo
+    save_ply(root / "scene.ply", demo.inputs.scene)
+    save_ply(root / "object.ply", demo.inputs.object)
+    demo.inputs.camera.save_json(root / "camera.json")
+    write_video(root / "clip.mp4", (np.clip(demo.frames, 0, 1) * 255).astype(np.uint8), 10)
+    np.savez(root / "clip_masks.npz", human=demo.human_masks > 0.5, object=demo.object_masks > 0.5)
+    np.save(root / "estimates.npy", noisy_estimates(np.asarray(demo.truth.human.body_pose), 0.05, 3))
+    np.save(root / "body_pose0.npy", np.asarray(demo.truth.human.body_pose[0]))
+    h, o = demo.initial.human, demo.initial.object_pose
+    from zerohsi_jax.body import matrix_to_axis_angle
+
+    cfg = {
+        "scene": {"ply": "scene.ply"},
+        "object": {"ply": "object.ply", "translation": np.asarray(o.translation).tolist(),
+                   "rotation": np.asarray(matrix_to_axis_angle(o.rotation)).tolist()},
+        "human": {"avatar_gaussians": 600, "avatar_size": "tiny", "transl": np.asarray(h.transl).tolist(),
+                  "global_orient": np.asarray(h.global_orient).tolist(), "body_pose": "body_pose0.npy"},
+        "camera": "camera.json",
+        "video": {"paths": ["clip.mp4"], "stride": 1, "max_frames": 3, "masks": ["clip_masks.npz"],
+                  "pose_estimates": ["estimates.npy"]},
+        "prompt": "The person lifts the box from the table.",
+        "init_frame": {"width": 80, "height": 80},
+        "reconstruct": {"camera": {"iterations": 3}, "hsi": {"iterations": 4, "root_only_iterations": 1},
+                        "refine": {"iterations": 5}},
+        "output": "out",
+    }
+    (root / "run.yaml").write_text(yaml.safe_dump(cfg))
+    return root
+
+
+def test_init_frame_renders_the_initial_state_for_the_generator(files):
+    assert main(["init-frame", str(files / "run.yaml")]) == 0
+    img = iio.imread(files / "out" / "init_frame.png")
+    assert img.shape == (80, 80, 3)
+    assert img.std() > 10  # a scene, not a blank image
+
+
+def test_reconstruct_and_continue_from_files(files):
+    assert main(["reconstruct", str(files / "run.yaml"), "--no-resume"]) == 0
+    out = files / "out"
+    params = np.load(out / "run" / "seed_0" / "smplx_params.npz")
+    assert params["body_pose"].shape == (3, 63) and np.all(np.isfinite(params["body_pose"]))
+    for name in ("video.mp4", "losses.png", "object_poses.npy", "camera_viewmats.npy"):
+        assert (out / "run" / "seed_0" / name).exists(), name
+    assert yaml.safe_load((out / "config.yaml").read_text())["prompt"].startswith("The person")
+    assert "reconstruct: done" in (out / "log.txt").read_text()
+    timings = json.loads((out / "run" / "timings.json").read_text())
+    assert set(timings) >= {"camera_tracking_s", "hsi_fit_s", "refinement_s"}
+
+    code = main(["continue", str(out), "--video", str(files / "clip.mp4"), "--masks", str(files / "clip_masks.npz"),
+                 "--pose-estimates", str(files / "estimates.npy")])
+    assert code == 0
+    chained = np.load(out / "next" / "chained_smplx_params.npz")
+    assert chained["transl"].shape == (5, 3)  # 3 frames, then 2 new ones (the shared frame once)
+    nxt = yaml.safe_load((out / "next" / "config.yaml").read_text())
+    np.testing.assert_allclose(nxt["human"]["transl"], params["transl"][-1], atol=1e-6)
