@@ -29,6 +29,16 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _stay_under_the_memory_map_limit():
+    """A whole session compiles thousands of programs; past about half of vm.max_map_count
+    their cached machine code is dropped between modules (see zerohsi_jax.compiled_memory)."""
+    yield
+    from zerohsi_jax.compiled_memory import release_if_near_limit
+
+    release_if_near_limit(0.4)
+
+
 @pytest.fixture
 def x64():
     """Run the test body with 64-bit floats enabled (float64 references, finite differences)."""

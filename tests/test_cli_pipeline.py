@@ -109,3 +109,27 @@ def test_reconstruct_and_continue_from_files(files):
     assert chained["transl"].shape == (5, 3)  # 3 frames, then 2 new ones (the shared frame once)
     nxt = yaml.safe_load((out / "next" / "config.yaml").read_text())
     np.testing.assert_allclose(nxt["human"]["transl"], params["transl"][-1], atol=1e-6)
+
+
+@pytest.mark.torch
+def test_segment_command_prompts_sam2_from_the_render(files):
+    """`zerohsi-jax segment` renders the initial state, proposes prompts on each object's visible
+    pixels and runs SAM2 (its smallest model, random weights: the plumbing, not the quality)."""
+    import torch
+    from sam2.build_sam import build_sam2_video_predictor
+
+    torch.manual_seed(0)
+    model = build_sam2_video_predictor("configs/sam2.1/sam2.1_hiera_t.yaml", ckpt_path=None, device="cpu")
+    torch.save({"model": model.state_dict()}, files / "sam2.1_hiera_tiny.pt")
+    cfg = yaml.safe_load((files / "run.yaml").read_text())
+    cfg["video"]["masks"] = None
+    cfg["segment"] = {"checkpoint": "sam2.1_hiera_tiny.pt", "device": "cpu", "num_points": 3}
+    cfg["output"] = "out_segment"
+    (files / "segment.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["segment", str(files / "segment.yaml")]) == 0
+    out = files / "out_segment"
+    with np.load(out / "masks_0.npz") as masks:
+        assert masks["human"].shape == (3, 40, 40) and masks["object"].shape == (3, 40, 40)
+        assert masks["human"].dtype == bool
+    assert (out / "segment_0" / "prompts.png").exists()
+    assert (files / "clip.mp4.masks.npz").exists()  # cached next to the video for the next run

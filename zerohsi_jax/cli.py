@@ -94,6 +94,13 @@ def _cmd_continue(args) -> int:
     return 0
 
 
+def _cmd_bench_suite(args) -> int:
+    from .benchsuite import run_bench_suite
+
+    run_bench_suite(args.out, args.size)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="zerohsi-jax",
@@ -154,6 +161,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pose-estimates", help="its per-frame body pose estimates (.npy, (T, 63))")
     p.add_argument("--out", help="output folder (default RUN_DIR/next)")
     p.set_defaults(func=_cmd_continue)
+
+    p = sub.add_parser("bench-suite", help="generated static and dynamic instances scored with the paper's metrics")
+    p.add_argument("--size", choices=["small", "full"], default="small",
+                   help="small: CPU-sized (2 instances, 2 seeds); full: 4 instances, 5 seeds, paper schedule (GPU)")
+    p.add_argument("--out", type=Path, default=Path("out/bench_suite"))
+    p.set_defaults(func=_cmd_bench_suite)
     return parser
 
 

@@ -30,23 +30,45 @@ class DemoScene:
     object_masks: np.ndarray
     vposer: object
     raster: object
+    room: object = None  # SceneAssets: the solids behind the scene's Gaussians (penetration metrics)
 
 
-def build_demo_scene(num_frames: int, size: int, *, seed: int = 0, fov_y_deg: float = 55.0,
-                     avatar_gaussians: int = 4000, avatar_size: str = "small", room_spacing: float = 0.12,
-                     object_spacing: float = 0.035):
-    """Assets, ground truth and the rendered reference video of the demo (smaller assets through
-    the keywords, for tests)."""
+def render_reference(inputs, truth, raster):
+    """The reference video of a ground truth, and the masks a segmenter would give: the visible
+    pixels of human and object (the render knows whose each pixel is). Float (T, H, W, 3), (T, H, W)."""
     import jax
     import jax.numpy as jnp
 
+    from .reconstruct.hsi_fit import render_frame
+    from .reconstruct.state import HUMAN_GROUP, OBJECT_GROUP, tree_index
+
+    @jax.jit
+    def draw(human, object_pose, viewmat):
+        out = render_frame(inputs.avatar, human, inputs.object, object_pose, inputs.scene,
+                           inputs.camera.with_viewmat(viewmat), raster, jnp.zeros(3))
+        return out.rgb, out.group_masks
+
+    frames, human_masks, object_masks = [], [], []
+    for t in range(truth.viewmats.shape[0]):
+        rgb, masks = draw(tree_index(truth.human, t), tree_index(truth.object_poses, t), jnp.asarray(truth.viewmats[t]))
+        frames.append(np.asarray(rgb))
+        human_masks.append(np.asarray(masks[..., HUMAN_GROUP] > 0.5, np.float32))
+        object_masks.append(np.asarray(masks[..., OBJECT_GROUP] > 0.5, np.float32))
+    return np.stack(frames), np.stack(human_masks), np.stack(object_masks)
+
+
+def build_instance(num_frames: int, size: int, *, seed: int = 0, variations=(None,), dynamic: bool = True,
+                   fov_y_deg: float = 55.0, avatar_gaussians: int = 4000, avatar_size: str = "small",
+                   room_spacing: float = 0.12, object_spacing: float = 0.035):
+    """A generated instance: the scene, body, avatar and pose prior, and one ground truth per
+    entry of `variations` (videos of the same initial state). Without `dynamic`, the box is part
+    of the static scene. Returns (inputs, initial state, truths, raster, pose prior, room)."""
     from .avatar import builtin_avatar
     from .body import SMPLX, synthetic_smplx_path
-    from .reconstruct import InitialState, SceneInputs
-    from .reconstruct.hsi_fit import render_frame
+    from .reconstruct import InitialState, ReconstructConfig, SceneInputs
     from .reconstruct.pipeline import measure_raster_config
-    from .reconstruct.state import HUMAN_GROUP, OBJECT_GROUP, tree_index
-    from .splat import Camera
+    from .reconstruct.state import SCENE_GROUP, tree_index
+    from .splat import Camera, Gaussians
     from .synthetic import make_object, make_room
     from .synthetic.motion import interaction_motion
     from .synthetic.pose_prior import synthetic_pose_prior
@@ -56,31 +78,29 @@ def build_demo_scene(num_frames: int, size: int, *, seed: int = 0, fov_y_deg: fl
     room = make_room(seed=seed, spacing=room_spacing)
     half = 0.1
     obj = make_object(seed=seed + 1, size=(0.28, 2 * half, 0.2), spacing=object_spacing)
-    truth = interaction_motion(body, num_frames, table_center=room.table_center, table_top=room.table_top_height,
-                               object_half_height=half, camera_size=size, fov_y_deg=fov_y_deg)
+    truths = [interaction_motion(body, num_frames, table_center=room.table_center, table_top=room.table_top_height,
+                                 object_half_height=half, camera_size=size, fov_y_deg=fov_y_deg, variation=v,
+                                 dynamic=dynamic) for v in variations]
+    truth = truths[0]
     focal = 0.5 * size / np.tan(np.deg2rad(fov_y_deg) / 2)
     camera0 = Camera(truth.viewmats[0], focal, focal, size / 2, size / 2, size, size, near=0.05, far=100.0)
-    inputs = SceneInputs(scene=room.scene, object=obj, avatar=avatar, body=body, camera=camera0)
-    initial = InitialState(human=tree_index(truth.human, 0), object_pose=tree_index(truth.object_poses, 0))
-    from .reconstruct import ReconstructConfig
-
+    object_pose0 = tree_index(truth.object_poses, 0)
+    scene = room.scene
+    if not dynamic:
+        placed = obj.transform(object_pose0.rotation, object_pose0.translation).with_group(SCENE_GROUP)
+        scene, obj = Gaussians.concatenate([scene, placed]), None
+    inputs = SceneInputs(scene=scene, object=obj, avatar=avatar, body=body, camera=camera0)
+    initial = InitialState(human=tree_index(truth.human, 0), object_pose=object_pose0 if dynamic else None)
     raster = measure_raster_config(inputs, initial, ReconstructConfig(), headroom=2.0)
+    return inputs, initial, truths, raster, synthetic_pose_prior(body, seed=seed), room
 
-    @jax.jit
-    def draw(human, object_pose, viewmat):
-        out = render_frame(avatar, human, obj, object_pose, room.scene, camera0.with_viewmat(viewmat), raster,
-                           jnp.zeros(3))
-        return out.rgb, out.group_masks
 
-    frames, human_masks, object_masks = [], [], []
-    for t in range(num_frames):
-        rgb, masks = draw(tree_index(truth.human, t), tree_index(truth.object_poses, t), jnp.asarray(truth.viewmats[t]))
-        frames.append(np.asarray(rgb))
-        # What a segmenter returns: the visible pixels of each (the render knows whose they are).
-        human_masks.append(np.asarray(masks[..., HUMAN_GROUP] > 0.5, np.float32))
-        object_masks.append(np.asarray(masks[..., OBJECT_GROUP] > 0.5, np.float32))
-    return DemoScene(inputs, truth, initial, np.stack(frames), np.stack(human_masks), np.stack(object_masks),
-                     synthetic_pose_prior(body, seed=seed), raster)
+def build_demo_scene(num_frames: int, size: int, *, seed: int = 0, **assets) -> DemoScene:
+    """Assets, ground truth and the rendered reference video of the demo (smaller assets through
+    the keywords of `build_instance`, for tests)."""
+    inputs, initial, (truth,), raster, prior, room = build_instance(num_frames, size, seed=seed, **assets)
+    frames, human_masks, object_masks = render_reference(inputs, truth, raster)
+    return DemoScene(inputs, truth, initial, frames, human_masks, object_masks, prior, raster, room)
 
 
 def noisy_estimates(truth_body_pose: np.ndarray, noise: float, seed: int) -> np.ndarray:

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import os
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -27,6 +25,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from machine_info import machine  # noqa: E402
 
 from zerohsi_jax.avatar import AnimatableAvatar, StyleUNetConfig, builtin_avatar
 from zerohsi_jax.avatar.builtin import canonical_body, canonical_maps, load_model_arrays
@@ -111,19 +110,6 @@ def bench(avatar: AnimatableAvatar, repeats: int) -> dict:
         "first_forward_backward_s": compile_b,
     }
 
-
-def machine() -> str:
-    cpu = platform.processor() or "cpu"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    dev = jax.devices()[0]
-    where = f"{dev.platform}: {getattr(dev, 'device_kind', '')}"
-    return f"{cpu}, {os.cpu_count()} cores ({where}), jax {jax.__version__}"
 
 
 def main(argv=None) -> None:

@@ -29,12 +29,12 @@ import argparse
 import dataclasses
 import datetime
 import os
-import platform
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from machine_info import machine  # noqa: E402
 
 from zerohsi_jax.splat import Camera, RasterConfig, bin_gaussians, fit_capacity, project, random_gaussians
 from zerohsi_jax.splat import kernel_backward as kb
@@ -42,19 +42,6 @@ from zerohsi_jax.splat.composite import _composite_forward, composite, composite
 
 SIZES = {"128^2": (128, 128), "256^2": (256, 256), "512^2": (512, 512)}
 
-
-def machine() -> str:
-    cpu = platform.processor() or "cpu"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    dev = jax.devices()[0]
-    return f"{cpu}, {os.cpu_count()} cores, JAX {jax.__version__} on {dev.platform}"
 
 
 def composite_inputs(n: int, width: int, height: int, chunk_size: int):

@@ -72,7 +72,7 @@ def main():
     parser.add_argument("--schedule", choices=["paper", "quick"], default="paper")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
-    from bench_rasterizer import machine
+    from machine_info import machine
 
     cfg = paper_schedule() if args.schedule == "paper" else quick_schedule()
     demo = build_demo_scene(args.measure_frames + 2, args.size)

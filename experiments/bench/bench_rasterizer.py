@@ -16,33 +16,18 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
-import os
-import platform
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from machine_info import machine  # noqa: E402
 
 from zerohsi_jax.splat import Camera, RasterConfig, fit_capacity, random_gaussians, render
 
 SIZES = {"128^2": (128, 128), "256^2": (256, 256), "512^2": (512, 512), "720p": (1280, 720)}
 COUNTS = (1_000, 10_000, 100_000, 1_000_000)
 
-
-def machine() -> str:
-    cpu = platform.processor() or "cpu"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    dev = jax.devices()[0]
-    where = f"{dev.platform}: {getattr(dev, 'device_kind', '')}".strip()
-    return f"{cpu}, {os.cpu_count()} cores, JAX {jax.__version__} on {where}"
 
 
 def scene(n: int, width: int, height: int):
@@ -82,7 +67,7 @@ def main():
 
     from zerohsi_jax.splat import kernel_backward
 
-    backwards = [b for b in args.backwards if b != "kernel" or kernel_backward.kernel_available()]
+    backwards = [b for b in args.backwards if b != "kernel" or kernel_backward.load_kernel("cpu")]
     rows = []
     for n in counts:
         for size_name in sizes:

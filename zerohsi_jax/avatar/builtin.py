@@ -26,9 +26,10 @@ import numpy as np
 
 from zerohsi_jax.splat.gaussians import rotmat_to_quat
 
+from ..body.rotations import axis_angle_to_matrix
 from .layers import ViewDirNet
 from .model import AnimatableAvatar, make_template
-from .skinning import CANONICAL_BODY_POSE, axis_angle_to_matrix, full_pose, joint_transforms
+from .skinning import CANONICAL_BODY_POSE, full_pose, joint_transforms
 from .styleunet import DualStyleUNet, StyleUNetConfig
 
 SIZES = {

@@ -21,6 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
+from ..body.rotations import axis_angle_to_matrix
+
 NUM_JOINTS = 55
 NUM_BODY_JOINTS = 21
 NUM_HAND_JOINTS = 15
@@ -31,18 +33,6 @@ CANONICAL_BODY_POSE = np.zeros((NUM_BODY_JOINTS, 3), np.float32)
 CANONICAL_BODY_POSE[0, 2] = math.radians(25.0)
 CANONICAL_BODY_POSE[1, 2] = math.radians(-25.0)
 
-
-def axis_angle_to_matrix(axis_angle: Float[Array, "... 3"]) -> Float[Array, "... 3 3"]:
-    """Rodrigues' formula as smplx's `batch_rodrigues` evaluates it (eps inside the norm keeps
-    the value and gradient finite at zero). Same formula as `zerohsi_jax.body.rotations`; kept
-    here so the avatar does not import the body package."""
-    angle = jnp.linalg.norm(axis_angle + 1e-8, axis=-1, keepdims=True)
-    d = axis_angle / angle
-    x, y, z = d[..., 0], d[..., 1], d[..., 2]
-    zero = jnp.zeros_like(x)
-    k = jnp.stack([zero, -z, y, z, zero, -x, -y, x, zero], axis=-1).reshape(d.shape[:-1] + (3, 3))
-    eye = jnp.eye(3, dtype=axis_angle.dtype)
-    return eye + jnp.sin(angle)[..., None] * k + (1.0 - jnp.cos(angle))[..., None] * (k @ k)
 
 
 def full_pose(

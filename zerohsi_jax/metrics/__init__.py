@@ -1,5 +1,31 @@
-"""Metrics: errors against ground truth, and (issue 7) the paper's plausibility metrics."""
+"""Metrics: errors against a ground truth, and the paper's plausibility metrics."""
 
 from .ground_truth import camera_centers, ground_truth_errors, mpjpe, per_frame_joint_errors_mm, rotation_angle_deg
+from .plausibility import (
+    SignedDistanceGrid,
+    box_mesh,
+    cached_sdf_grid,
+    diversity,
+    foot_sliding,
+    hand_object_contact_ratio,
+    object_penetration,
+    scene_penetration,
+    sdf_grid_from_mesh,
+)
 
-__all__ = ["camera_centers", "ground_truth_errors", "mpjpe", "per_frame_joint_errors_mm", "rotation_angle_deg"]
+__all__ = [
+    "SignedDistanceGrid",
+    "box_mesh",
+    "cached_sdf_grid",
+    "camera_centers",
+    "diversity",
+    "foot_sliding",
+    "ground_truth_errors",
+    "hand_object_contact_ratio",
+    "mpjpe",
+    "object_penetration",
+    "per_frame_joint_errors_mm",
+    "rotation_angle_deg",
+    "scene_penetration",
+    "sdf_grid_from_mesh",
+]

@@ -18,6 +18,7 @@ import optax
 from ..splat import Camera, Gaussians, RasterConfig, render
 from .config import CameraTrackingConfig
 from .losses import CAMERA_TERMS, weighted_sum
+from .schedules import scan_minimize
 from .state import relative_transform
 
 
@@ -44,13 +45,5 @@ def track_camera(scene: Gaussians, camera: Camera, viewmat_prev, frame, backgrou
         total, values = weighted_sum(terms, cfg.loss_weights, ctx)
         return total, (values, out.overflow)
 
-    def step(carry, _):
-        delta, opt_state = carry
-        (loss, (values, overflow)), grad = jax.value_and_grad(loss_fn, has_aux=True)(delta)
-        updates, opt_state = opt.update(grad, opt_state, delta)
-        return (optax.apply_updates(delta, updates), opt_state), (loss, values, overflow)
-
-    delta0 = jnp.zeros((6,), frame.dtype)
-    (delta, _), (losses, values, overflow) = jax.lax.scan(step, (delta0, opt.init(delta0)), None,
-                                                          length=cfg.iterations)
+    delta, losses, (values, overflow) = scan_minimize(loss_fn, jnp.zeros((6,), frame.dtype), opt, cfg.iterations)
     return viewmat_prev @ relative_transform(delta), losses, values, jnp.max(overflow)

@@ -19,7 +19,7 @@ import optax
 from ..splat import Camera, Gaussians, RasterConfig, RenderOutput, render
 from .config import HSIFitConfig
 from .losses import HSI_TERMS, weighted_sum
-from .schedules import after, every, labelled_adam
+from .schedules import after, every, labelled_adam, scan_minimize
 from .state import NUM_GROUPS, OBJECT_GROUP, HumanPose, ObjectPose, compose_gaussians
 
 
@@ -85,13 +85,6 @@ def fit_frame(avatar_rest, color, human_init: HumanPose, object_prev: ObjectPose
         total, values = weighted_sum(terms, cfg.loss_weights, ctx)
         return total, (values, out.overflow)
 
-    def step(carry, _):
-        p, opt_state = carry
-        (loss, (values, overflow)), grads = jax.value_and_grad(loss_fn, has_aux=True)(p)
-        updates, opt_state = opt.update(grads, opt_state, p)
-        return (optax.apply_updates(p, updates), opt_state), (loss, values, overflow)
-
-    (params, _), (losses, values, overflow) = jax.lax.scan(step, (params, opt.init(params)), None,
-                                                           length=cfg.iterations)
+    params, losses, (values, overflow) = scan_minimize(loss_fn, params, opt, cfg.iterations)
     human = HumanPose(params["root"]["transl"], params["root"]["global_orient"], params["pose"])
     return human, object_prev.compose_relative(params["object"]), params["color"], losses, values, jnp.max(overflow)

@@ -250,11 +250,15 @@ def reconstruct(
     background = tuple(float(c) for c in cfg.background)
     camera_terms, hsi_terms, refine_terms = (tuple(sorted(t.items())) for t in (camera_terms, hsi_terms, refine_terms))
     use_estimates = observations.pose_estimates is not None
+    obs = observations
+    background_masks = static_background_masks(obs.human_masks, obs.object_masks)
+    estimates = obs.pose_estimates if use_estimates else jnp.zeros((n_seeds, n_frames, 63))
 
     def fit(states, viewmats, t_slice, program):
         return program(shared, states, viewmats, obs.frames[:, t_slice], obs.human_masks[:, t_slice],
                        obs.object_masks[:, t_slice], estimates[:, t_slice], cfg.hsi, raster, background, hsi_terms,
                        use_estimates)
+
     timings = {"camera_tracking_s": 0.0, "hsi_fit_s": 0.0, "refinement_s": 0.0, "compile_and_first_frame_s": 0.0}
     folder = RunFolder(run_dir) if run_dir is not None else None
     if folder is not None:
@@ -264,9 +268,10 @@ def reconstruct(
             resume,
         )
 
-    obs = observations
-    background_masks = static_background_masks(obs.human_masks, obs.object_masks)
-    estimates = obs.pose_estimates if obs.pose_estimates is not None else jnp.zeros((n_seeds, n_frames, 63))
+    # A large colour net (the official avatar's is ~300 MB) is checkpointed every 10th frame only:
+    # a resumed run then redoes at most 9 frames instead of writing gigabytes per sequence.
+    color_bytes = sum(x.nbytes for x in jax.tree.leaves(color0)) * n_seeds
+    color_every = 1 if color_bytes < 64 * 2**20 else 10
 
     # Frame 0 is the initial state the video was generated from.
     object0 = initial.object_pose or ObjectPose(jnp.eye(3, dtype=jnp.float32), jnp.zeros(3, jnp.float32))
@@ -323,7 +328,8 @@ def reconstruct(
         states.append(state)
         if folder is not None and t < sequential_end:
             folder.write_frame(t, _state_arrays(state))
-            folder.write_color_state(t, state.color)
+            if t % color_every == 0 or t == sequential_end - 1:
+                folder.write_color_state(t, state.color)
         if progress and t < sequential_end:
             bar.set_postfix(hsi_loss=f"{float(np.mean(np.asarray(hsi_loss)[..., -1])):.4f}")
 

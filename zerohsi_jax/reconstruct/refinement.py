@@ -17,6 +17,7 @@ import optax
 from ..body import hand_vertex_ids
 from .config import RefineConfig
 from .losses import REFINE_TERMS, hand_object_contact_loss, weighted_sum
+from .schedules import scan_minimize
 from .state import HumanPose
 
 NUM_BODY_JOINTS_WITH_ROOT = 22  # pelvis + 21 body joints: the joints the body pose drives
@@ -82,13 +83,7 @@ def refine_sequence(hands_model, vposer, human: HumanPose, object_points, cfg: R
                             HumanPose(params["transl"], params["global_orient"], body_pose), params["latents"])
         return weighted_sum(terms, cfg.loss_weights, ctx)
 
-    def step(carry, _):
-        params, opt_state = carry
-        (loss, values), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-        updates, opt_state = opt.update(grads, opt_state, params)
-        return (optax.apply_updates(params, updates), opt_state), (loss, values)
-
     params = {"latents": latents0, "transl": human.transl, "global_orient": human.global_orient}
-    (params, _), (losses, values) = jax.lax.scan(step, (params, opt.init(params)), None, length=cfg.iterations)
+    params, losses, values = scan_minimize(loss_fn, params, opt, cfg.iterations)
     refined = HumanPose(params["transl"], params["global_orient"], decode(params["latents"]))
     return refined, params["latents"], losses, values

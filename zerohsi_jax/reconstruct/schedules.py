@@ -1,5 +1,6 @@
-"""Optax building blocks for the stage schedules: transformations that apply an inner optimiser
-only on some steps (the HSI fit's root-only warm-up and every-5th-step colour fine-tuning)."""
+"""Optax building blocks of the stages: transformations that apply an inner optimiser only on
+some steps (the HSI fit's root-only warm-up and every-5th-step colour fine-tuning), and the
+scanned optimisation loop every stage runs."""
 
 from __future__ import annotations
 
@@ -55,3 +56,18 @@ def labelled_adam(learning_rates: Mapping[str, float], schedules: Mapping[str, C
         wrap = (schedules or {}).get(label)
         transforms[label] = wrap(opt) if (wrap is not None and lr > 0) else opt
     return transforms
+
+
+def scan_minimize(loss_fn: Callable, params, optimizer: optax.GradientTransformation, iterations: int):
+    """`iterations` steps of `optimizer` on `loss_fn(params) -> (loss, aux)`, as one `lax.scan`
+    with the Optax state in the carry. Returns (params, loss per iteration, aux per iteration);
+    the losses are those of the parameters before each step."""
+
+    def step(carry, _):
+        p, opt_state = carry
+        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(p)
+        updates, opt_state = optimizer.update(grads, opt_state, p)
+        return (optax.apply_updates(p, updates), opt_state), (loss, aux)
+
+    (params, _), (losses, aux) = jax.lax.scan(step, (params, optimizer.init(params)), None, length=iterations)
+    return params, losses, aux

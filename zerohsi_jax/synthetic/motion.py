@@ -100,21 +100,35 @@ def _smoothstep(x):
 
 
 def interaction_motion(body, num_frames: int, *, table_center, table_top: float, object_half_height: float,
-                       camera_size: int, fov_y_deg: float = 55.0) -> GroundTruth:
-    """The demo's ground-truth motion, object poses and cameras."""
+                       camera_size: int, fov_y_deg: float = 55.0, variation: int | None = None,
+                       dynamic: bool = True) -> GroundTruth:
+    """The demo's ground-truth motion, object poses and cameras. `variation` (a seed) moves the
+    person's step and the lift target by a few centimetres: another video of the same initial
+    state. `dynamic=False` reaches and touches the table beside the box, then straightens up: the
+    box stays where it is."""
     rest = np.asarray(body().vertices)
     floor_offset = -float(rest[..., 1].min())  # translation that puts the feet on y = 0
     start_root = np.array([table_center[0] + 0.12, floor_offset, table_center[2] - 0.62], np.float32)
     end_root = start_root + np.array([0.0, 0.0, 0.08], np.float32)
     object_start = np.array([table_center[0] - 0.1, table_top + object_half_height, table_center[2] - 0.12],
                             np.float32)
+    jitter = np.zeros(3, np.float32) if variation is None else np.random.default_rng(variation).uniform(
+        -0.06, 0.06, 3).astype(np.float32)
+    # Every video starts from the same state; they differ in where the person steps and how the
+    # box is lifted (or, without lifting, where the table is touched).
+    end_root = end_root + np.array([0.5 * jitter[0], 0.0, 0.5 * jitter[2]], np.float32)
 
     stand = standing_pose()
     solve = reach_solver(body)
     grasp_target = object_start + np.array([0.0, object_half_height + 0.03, 0.0], np.float32)
+    if not dynamic:
+        grasp_target = grasp_target + np.array([jitter[0], -2 * object_half_height, -0.1 + jitter[2]], np.float32)
     reach = np.asarray(solve(stand[None], end_root[None], grasp_target[None]))[0]
-    lift_target = np.array([end_root[0] - 0.12, floor_offset + 0.05, end_root[2] + 0.32], np.float32)
-    lift = np.asarray(solve(reach[None], end_root[None], lift_target[None]))[0]
+    if dynamic:
+        lift_target = np.array([end_root[0] - 0.12, floor_offset + 0.05, end_root[2] + 0.32], np.float32) + jitter
+        lift = np.asarray(solve(reach[None], end_root[None], lift_target[None]))[0]
+    else:
+        lift = stand
 
     u = np.linspace(0.0, 1.0, num_frames)
     grasp_frame = int(round(0.5 * (num_frames - 1)))
@@ -135,7 +149,7 @@ def interaction_motion(body, num_frames: int, *, table_center, table_top: float,
     grasp_obj = np.eye(4, dtype=np.float32)
     grasp_obj[:3, 3] = object_start
     relative = np.linalg.inv(wrist[grasp_frame]) @ grasp_obj
-    for t in range(grasp_frame + 1, num_frames):
+    for t in range(grasp_frame + 1, num_frames if dynamic else 0):
         m = wrist[t] @ relative
         rot[t], trans[t] = m[:3, :3], m[:3, 3]
     objects = ObjectPose(jnp.asarray(rot), jnp.asarray(trans))

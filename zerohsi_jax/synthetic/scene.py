@@ -98,6 +98,20 @@ class SceneAssets:
     table_top_height: float
     """Height of the table top, where the object rests."""
     table_center: tuple[float, float, float]
+    solids: tuple = ()
+    """(centre, size) of every solid box the Gaussians cover (walls and floor as thick slabs):
+    the watertight geometry of the penetration metric."""
+
+    def mesh(self) -> tuple[np.ndarray, np.ndarray]:
+        """(vertices, faces) of the room's solids: closed boxes, one after the other."""
+        from ..metrics.plausibility import box_mesh
+
+        verts, faces = [], []
+        for center, size in self.solids:
+            v, f = box_mesh(center, size)
+            faces.append(f + sum(len(x) for x in verts))
+            verts.append(v)
+        return np.concatenate(verts), np.concatenate(faces)
 
 
 def make_room(*, seed: int = 0, spacing: float = 0.12, size=(5.0, 2.6, 5.0), scene_group: int = 2) -> SceneAssets:
@@ -133,7 +147,20 @@ def make_room(*, seed: int = 0, spacing: float = 0.12, size=(5.0, 2.6, 5.0), sce
                                spacing=fine, rng=rng, cell=0.2))
     parts.append(box_gaussians((1.9, 0.9, 2.2), (0.8, 1.8, 0.4), (0.85, 0.85, 0.82), spacing=fine, rng=rng,
                                cell=0.3, contrast=0.35))
-    return SceneAssets(scene=_to_gaussians(parts, scene_group), table_top_height=table_h, table_center=table_c)
+    slab = 0.3  # the solids behind the thin visible surfaces
+    solids = [
+        ((0, -slab / 2, 0), (wx, slab, wz)),
+        ((0, wy / 2, wz / 2 + slab / 2), (wx, wy, slab)),
+        ((-wx / 2 - slab / 2, wy / 2, 0), (slab, wy, wz)),
+        ((wx / 2 + slab / 2, wy / 2, 0), (slab, wy, wz)),
+        ((table_c[0], table_h - 0.03, table_c[2]), (1.0, 0.06, 0.7)),
+        ((sofa_c[0], 0.22, sofa_c[2]), (1.6, 0.44, 0.8)),
+        ((sofa_c[0], 0.6, sofa_c[2] + 0.32), (1.6, 0.5, 0.16)),
+        ((1.9, 0.9, 2.2), (0.8, 1.8, 0.4)),
+    ] + [((table_c[0] + dx, (table_h - 0.06) / 2, table_c[2] + dz), (0.05, table_h - 0.06, 0.05))
+         for dx in (-0.45, 0.45) for dz in (-0.3, 0.3)]
+    return SceneAssets(scene=_to_gaussians(parts, scene_group), table_top_height=table_h, table_center=table_c,
+                       solids=tuple(solids))
 
 
 def make_object(*, seed: int = 1, size=(0.28, 0.2, 0.2), color=(0.85, 0.2, 0.15), spacing: float = 0.035,
