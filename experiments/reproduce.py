@@ -1,6 +1,6 @@
 """Regenerate every table of experiments/RESULTS.md from a clean checkout.
 
-    python experiments/reproduce.py            # CPU-sized runs (about an hour on 2 cores)
+    python experiments/reproduce.py            # CPU-sized runs (about two hours on 2 cores)
     python experiments/reproduce.py --gpu      # the full sizes (paper schedule, 5 seeds): for a GPU
 
 Each step writes its own markdown file under experiments/results/; RESULTS.md quotes them with
@@ -39,8 +39,8 @@ def main():
     run([py, bench / "bench_kernel_backward.py", "--out", OUT / "kernel.md"], cwd=bench)
     run([py, bench / "bench_smplx.py", "--out", OUT / "smplx.md"], cwd=bench)
     run([py, bench / "bench_avatar.py", "--out", OUT / "avatar.md"], cwd=bench)
-    run([py, bench / "bench_pipeline.py", "--size", "256" if args.gpu else "64", "--out", OUT / "pipeline.md"],
-        cwd=bench)
+    run([py, bench / "bench_pipeline.py", "--size", "256" if args.gpu else "64", "--measure-frames",
+         "4" if args.gpu else "1", "--out", OUT / "pipeline.md"], cwd=bench)
     run([py, HERE / "frame_parallel.py", "--out", OUT / "frame_parallel.md"])
     run([py, "-m", "zerohsi_jax.cli", "bench-suite", "--size", "full" if args.gpu else "small", "--out",
          OUT / "bench_suite"])

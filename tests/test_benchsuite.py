@@ -52,6 +52,9 @@ def test_instance_metrics_and_tables(tiny_demo, tmp_path):
     assert ideal["mpjpe_mm"] == 0.0 and ideal["object_translation_mm"] == 0.0 and ideal["diversity_m"] == 0.0
     assert ideal["penetration_percent"] < 0.1
     assert ideal["contact_percent"] > 0.0
+    # Scored as a static instance, there is no moving object: no object error or contact columns.
+    static = instance_metrics(demo.inputs, perfect, [truth, truth], demo.room, False, est, tmp_path)
+    assert set(static) == expected - {"contact_percent", "object_penetration_cm", "object_translation_mm"}
     table = format_tables([{"instance": "a", "setting": "dynamic", "method": m, "seconds": 1.0, **row}
                            for m in VARIANTS], "small", 2, 3, 40, "quick")
     assert "Table 2 layout" in table and "w/o camera tracking" in table and "| ZeroHSI (ours) |" in table

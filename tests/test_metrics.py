@@ -63,9 +63,13 @@ def test_contact_ratio_and_object_penetration():
     v, f = box_mesh((0, 0, 0), (0.2, 0.2, 0.2))
     sdf = sdf_grid_from_mesh(v, f, spacing=0.02, padding=0.1)
     pose = jnp.tile(jnp.eye(4), (2, 1, 1)).at[1, 0, 3].set(5.0)  # frame 1: object moved 5 m along x
-    body = jnp.array([[[0.0, 0.05, 0.0], [0.0, 0.0, 0.0]], [[0.0, 0.0, 0.0], [0.0, 0.0, 0.0]]])
-    # frame 0: depths 0.05 and 0.1; frame 1: the object is away, nothing penetrates.
+    body = jnp.array([[[0.0, 0.05, 0.0], [0.0, 0.0, 0.0], [0.0, 0.098, 0.0]],
+                      [[0.0, 0.0, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]]])
+    # Frame 0: depths 0.05 and 0.1 count, 0.002 is under the 4 cm threshold; frame 1: the object
+    # is away and nothing penetrates, so only frame 0 is averaged.
     assert float(object_penetration(sdf, body, pose)) == pytest.approx(0.15 / 2, abs=3e-3)
+    assert float(object_penetration(sdf, body, pose, min_depth=0.0)) == pytest.approx(0.152 / 3, abs=3e-3)
+    assert float(object_penetration(sdf, body[1:], pose[1:])) == 0.0
 
 
 def test_diversity_and_rotation_angle():

@@ -92,7 +92,9 @@ def instance_metrics(inputs, result, truths, room, dynamic: bool, estimates, sdf
             human_stage2=jax.tree.map(lambda x, s=s: x[s:s + 1], result.human_stage2),
         )
         errs.append(ground_truth_errors(body, one, truth, estimates=estimates[s:s + 1]))
-    for key in ("mpjpe_mm", "root_translation_mm", "camera_rotation_deg", "object_translation_mm"):
+    # A static instance has no moving object to recover (the box is part of the scene).
+    keys = ("mpjpe_mm", "root_translation_mm", "camera_rotation_deg") + (("object_translation_mm",) if dynamic else ())
+    for key in keys:
         row[key] = float(np.mean([e[key] for e in errs]))
     return row
 

@@ -166,12 +166,19 @@ def hand_object_contact_ratio(hand_vertices: Float[Array, "T H 3"], object_point
 
 
 def object_penetration(object_sdf: SignedDistanceGrid, body_vertices: Float[Array, "T V 3"],
-                       object_to_world: Float[Array, "T 4 4"]) -> Float[Array, ""]:
-    """CHOIS's penetration score: the mean over frames of the summed depth (m) of body vertices
-    inside the object, the object's SDF given in its own frame."""
+                       object_to_world: Float[Array, "T 4 4"], min_depth: float = 0.04) -> Float[Array, ""]:
+    """CHOIS's object penetration (m), as its evaluation computes it: in each frame, the mean depth
+    of the body vertices more than `min_depth` inside the object (its SDF given in its own frame);
+    averaged over the frames where any vertex is, 0 when none is. CHOIS's threshold is 4 cm: a
+    hand resting on a surface dips into it by less."""
     rot, trans = object_to_world[:, :3, :3], object_to_world[:, :3, 3]
     local = jnp.einsum("tji,tvj->tvi", rot, body_vertices - trans[:, None])
-    return jnp.mean(jnp.sum(jnp.maximum(-object_sdf(local), 0.0), axis=-1))
+    depth = -object_sdf(local)
+    deep = depth > min_depth
+    count = jnp.sum(deep, axis=-1)
+    per_frame = jnp.sum(jnp.where(deep, depth, 0.0), axis=-1) / jnp.maximum(count, 1)
+    frames = jnp.sum(count > 0)
+    return jnp.where(frames > 0, jnp.sum(per_frame) / jnp.maximum(frames, 1), 0.0)
 
 
 # ---------------------------------------------------------------------------------- diversity
