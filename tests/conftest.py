@@ -29,11 +29,10 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture(scope="module", autouse=True)
 def _stay_under_the_memory_map_limit():
-    """A whole session compiles thousands of programs; past 40% of vm.max_map_count their
-    cached machine code is dropped after the test (see zerohsi_jax.compiled_memory). The
-    heaviest test adds about 18k mappings, so the session stays under about two thirds of it."""
+    """A whole session compiles thousands of programs; past about half of vm.max_map_count
+    their cached machine code is dropped between modules (see zerohsi_jax.compiled_memory)."""
     yield
     from zerohsi_jax.compiled_memory import release_if_near_limit
 
