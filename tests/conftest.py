@@ -31,7 +31,7 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="module", autouse=True)
 def _stay_under_the_memory_map_limit():
-    """A whole session compiles thousands of programs; past about half of vm.max_map_count
+    """A whole session compiles thousands of programs; past 40% of vm.max_map_count
     their cached machine code is dropped between modules (see zerohsi_jax.compiled_memory)."""
     yield
     from zerohsi_jax.compiled_memory import release_if_near_limit
