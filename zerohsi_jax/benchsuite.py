@@ -53,7 +53,7 @@ def instance_metrics(inputs, result, truths, room, dynamic: bool, estimates, sdf
         object_penetration,
         scene_penetration,
     )
-    from .metrics.ground_truth import body_joints
+    from .metrics.ground_truth import BODY_JOINTS
     from .reconstruct.refinement import contact_points, hand_vertices
 
     body = inputs.body
@@ -70,7 +70,7 @@ def instance_metrics(inputs, result, truths, room, dynamic: bool, estimates, sdf
         "penetration_max_cm": 100 * float(jnp.mean(pen["penetration_max_m"])),
         "foot_sliding_cm": 100 * float(jnp.mean(sliding)),
     }
-    joints = body_joints(body, jnp.asarray(h.transl), jnp.asarray(h.global_orient), jnp.asarray(h.body_pose))
+    joints = out.joints[..., :BODY_JOINTS, :]  # the joints `body_joints` scores, from the same forward
     if joints.shape[0] > 1:
         row["diversity_m"] = float(diversity(joints))
     if dynamic:
