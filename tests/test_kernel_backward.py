@@ -320,10 +320,27 @@ def test_cache_key_follows_sources_and_flags(tmp_path, monkeypatch):
     src = tmp_path / "kernels"
     shutil.copytree(kb.kernel_source_dir(), src)
     original = kb.build_plan("cpu", src).library
-    (src / "composite_backward.h").write_text((src / "composite_backward.h").read_text() + "\n// edited\n")
-    assert kb.build_plan("cpu", src).library != original
+    seen = {original}
+
+    def assert_new_key():
+        library = kb.build_plan("cpu", src).library
+        assert library not in seen
+        seen.add(library)
+
+    # Every input of the build is in the key: each source file, jaxlib (its FFI headers and ABI),
+    # the compiler and the flags.
+    for name in ("composite_backward_cpu.cc", "composite_backward.h", "composite_backward_ffi.h"):
+        (src / name).write_text((src / name).read_text() + "\n// edited\n")
+        assert_new_key()
+    monkeypatch.setattr(kb.jaxlib, "__version__", kb.jaxlib.__version__ + ".post1")
+    assert_new_key()
+    other_compiler = tmp_path / "bin" / "c++"
+    other_compiler.parent.mkdir()
+    other_compiler.symlink_to(kb._cxx())
+    monkeypatch.setenv("ZEROHSI_JAX_CXX", str(other_compiler))
+    assert_new_key()
     monkeypatch.setenv("ZEROHSI_JAX_CXXFLAGS", "-DZHSI_SOMETHING")
-    assert kb.build_plan("cpu", src).library not in (original, kb.build_plan("cpu").library)
+    assert_new_key()
 
 
 def test_compile_error_reports_the_compiler_output(tmp_path, monkeypatch):
@@ -334,7 +351,7 @@ def test_compile_error_reports_the_compiler_output(tmp_path, monkeypatch):
     monkeypatch.setenv("ZEROHSI_JAX_CACHE", str(tmp_path / "cache"))
     with pytest.raises(kb.KernelBuildError, match="deliberately broken kernel"):
         kb.build_kernel("cpu", source_dir=src)
-    assert not list((tmp_path / "cache").glob("*.so"))  # nothing half-built is left to load
+    assert not list((tmp_path / "cache").rglob("*.so"))  # nothing half-built is left to load
 
 
 def test_missing_compiler_is_an_error(monkeypatch):
@@ -398,25 +415,23 @@ def test_missing_compiler_falls_back_with_one_warning(tmp_path):
     assert "/nonexistent/zerohsi-c++" in report["warnings"][0] and "pure-JAX" in report["warnings"][0]
     assert report["max_diff"] == 0.0  # the fallback is exactly the pure-JAX backward
     assert "unavailable on cpu" in report["raised"]
-    assert not list(tmp_path.glob("*.so"))
+    assert not list(tmp_path.rglob("*.so"))
 
 
 # ---------------------------------------------------------------------------------------------
 # CUDA
 
 
-def _has_cuda() -> bool:
-    try:
-        return len(jax.devices("cuda")) > 0
-    except RuntimeError:
-        return False
+# The conftest runs the suite on the CPU and, where JAX can use a GPU, initialises CUDA as a
+# second platform; these tests place their arrays on jax.devices("cuda") explicitly. Without a
+# GPU (or nvcc) they skip with the reason; under ZEROHSI_REQUIRE_GPU=1 that skip is a failure.
 
 
-@pytest.mark.skipif(
-    shutil.which("nvcc") is None, reason="nvcc is not installed: the CUDA source is not compiled"
-)
+@pytest.mark.cuda(device=False)
 def test_cuda_source_compiles(tmp_path, monkeypatch):
     """The CUDA launcher builds against jaxlib's FFI headers (no GPU needed to compile)."""
+    if shutil.which("nvcc") is None:
+        pytest.skip("nvcc is not installed: the CUDA source is not compiled")
     monkeypatch.setenv("ZEROHSI_JAX_CACHE", str(tmp_path))
     monkeypatch.setenv("ZEROHSI_JAX_CUDA_ARCH", "sm_90")
     library = kb.build_kernel("cuda")
@@ -425,11 +440,16 @@ def test_cuda_source_compiles(tmp_path, monkeypatch):
     assert "ZerohsiCompositeBackwardCuda" in symbols
 
 
-@pytest.mark.skipif(
-    not _has_cuda(),
-    reason="no CUDA device visible to JAX (the tests default to JAX_PLATFORMS=cpu; "
-    "run with JAX_PLATFORMS=cuda,cpu on a GPU machine)",
-)
+@pytest.mark.cuda
+def test_the_gpu_is_a_second_platform_beside_the_cpu():
+    """Only the tests that ask for the GPU run there: the default backend stays the CPU."""
+    assert jax.default_backend() == "cpu"
+    x = jax.device_put(jnp.arange(4.0), jax.devices("cuda")[0])
+    assert (x * 2).devices() == {jax.devices("cuda")[0]}
+    assert jnp.ones(2).devices() == {jax.devices("cpu")[0]}
+
+
+@pytest.mark.cuda
 @pytest.mark.parametrize("dtype, tol", [(np.float32, F32), (np.float64, F64)])
 def test_cuda_kernel_matches_jax_backward(dtype, tol):
     assert kb.load_kernel("cuda"), kb.kernel_status("cuda")

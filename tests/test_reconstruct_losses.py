@@ -71,22 +71,47 @@ def test_smoothness_and_joint_fit():
 
 
 def test_gated_adam_keeps_its_state_while_frozen():
-    params = {"a": jnp.ones(3), "b": jnp.ones(3)}
-    opt = optax.multi_transform(labelled_adam({"a": 0.1, "b": 0.1}, {"a": lambda o: after(o, 2),
-                                                                     "b": lambda o: every(o, 3)}),
+    """`after` and `every` equal plain Adam run on the active steps only. The gradients differ at
+    every step (with constant gradients every Adam step is the learning rate whatever the moments,
+    so a gate that kept updating them while frozen would go unnoticed), and the inner state, step
+    count included, does not move while frozen."""
+    lr = {"a": 0.1, "b": 0.05}
+    active = {"a": lambda i: i >= 2, "b": lambda i: i % 3 == 0}
+    opt = optax.multi_transform(labelled_adam(lr, {"a": lambda o: after(o, 2), "b": lambda o: every(o, 3)}),
                                 {"a": "a", "b": "b"})
+    params = {"a": jnp.ones(3), "b": jnp.ones(3)}
     state = opt.init(params)
-    moved = []
-    for _ in range(7):
-        grads = {"a": jnp.ones(3), "b": jnp.ones(3)}
+    reference = {k: optax.adam(lr[k]) for k in lr}
+    ref_params = dict(params)
+    ref_state = {k: reference[k].init(params[k]) for k in lr}
+    rng = np.random.default_rng(0)
+    steps = 9
+
+    def adam_state(opt_state, label):  # the inner Adam's state inside multi_transform and the gate
+        return opt_state.inner_states[label].inner_state.inner[0]
+
+    for i in range(steps):
+        grads = {k: jnp.asarray(rng.normal(0.0, 1.0, 3) * rng.uniform(0.1, 10.0), jnp.float32) for k in lr}
+        before = state
         updates, state = opt.update(grads, state, params)
         params = optax.apply_updates(params, updates)
-        moved.append((bool(jnp.any(updates["a"] != 0)), bool(jnp.any(updates["b"] != 0))))
-    assert [m[0] for m in moved] == [False, False, True, True, True, True, True]
-    assert [m[1] for m in moved] == [True, False, False, True, False, False, True]
-    # 'a' took exactly 5 Adam steps (its first at step 2 behaves as Adam's first step).
-    np.testing.assert_allclose(np.asarray(params["a"]), 1 - 0.1 * 5, atol=1e-5)
-    np.testing.assert_allclose(np.asarray(params["b"]), 1 - 0.1 * 3, atol=1e-5)
+        for k in lr:
+            inner, inner_before = adam_state(state, k), adam_state(before, k)
+            if active[k](i):
+                ref_updates, ref_state[k] = reference[k].update(grads[k], ref_state[k], ref_params[k])
+                ref_params[k] = optax.apply_updates(ref_params[k], ref_updates)
+                assert int(inner.count) == int(inner_before.count) + 1
+            else:
+                np.testing.assert_array_equal(np.asarray(updates[k]), 0.0)
+                assert int(inner.count) == int(inner_before.count), f"{k}: Adam's count moved at frozen step {i}"
+                moments = jax.tree.leaves((inner.mu, inner.nu))
+                for now, then in zip(moments, jax.tree.leaves((inner_before.mu, inner_before.nu)), strict=True):
+                    np.testing.assert_array_equal(np.asarray(now), np.asarray(then), err_msg=f"{k}: moments, step {i}")
+            np.testing.assert_allclose(np.asarray(params[k]), np.asarray(ref_params[k]), rtol=1e-6, atol=1e-7,
+                                       err_msg=f"{k} after step {i}")
+    assert int(adam_state(state, "a").count) == sum(active["a"](i) for i in range(steps)) == 7
+    assert int(adam_state(state, "b").count) == sum(active["b"](i) for i in range(steps)) == 3
+    assert int(state.inner_states["a"].inner_state.count) == steps  # the gate itself counts every step
 
 
 def test_configs_carry_the_paper_numbers_and_hash():

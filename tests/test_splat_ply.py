@@ -1,5 +1,7 @@
 """INRIA 3DGS .ply reading and writing."""
 
+import re
+
 import numpy as np
 import pytest
 from plyfile import PlyData, PlyElement
@@ -48,30 +50,76 @@ BASE = ["x", "y", "z", "f_dc_0", "f_dc_1", "f_dc_2", "opacity"] + [f"scale_{i}" 
 ]
 
 
-def test_malformed_files_are_named_with_the_problem(tmp_path):
-    missing = tmp_path / "missing.ply"
-    with pytest.raises(FileNotFoundError, match="missing.ply"):
-        load_ply(missing)
-    junk = tmp_path / "junk.ply"
-    junk.write_text("this is not a ply file")
-    with pytest.raises(PlyFormatError, match="junk.ply.*not a readable PLY"):
-        load_ply(junk)
-    no_opacity = tmp_path / "no_opacity.ply"
-    _write(no_opacity, [p for p in BASE if p != "opacity"])
-    with pytest.raises(PlyFormatError, match=r"no_opacity.ply.*\['opacity'\]"):
-        load_ply(no_opacity)
-    bad_rest = tmp_path / "bad_rest.ply"
-    _write(bad_rest, BASE + [f"f_rest_{i}" for i in range(10)])
-    with pytest.raises(PlyFormatError, match="bad_rest.ply: 10 f_rest"):
-        load_ply(bad_rest)
-    nan = tmp_path / "nan.ply"
-    _write(nan, BASE, values={"x": np.nan})
-    with pytest.raises(PlyFormatError, match="nan.ply: 3 Gaussians have non-finite means"):
-        load_ply(nan)
-    zero_rot = tmp_path / "zero_rot.ply"
-    _write(zero_rot, BASE, values={f"rot_{i}": 0.0 for i in range(4)})
-    with pytest.raises(PlyFormatError, match="zero quaternion"):
-        load_ply(zero_rot)
+def _undercounted(path, declared, text=False):
+    """A valid 5-Gaussian file whose header claims only `declared` vertices."""
+    good = path.with_name("full_" + path.name)
+    save_ply(good, random_scene(np.random.default_rng(0), 5))
+    if text:
+        # Written beside the binary file: plyfile memory-maps what it reads.
+        ply = PlyData.read(str(good))
+        ply.text = True
+        good = good.with_name("text_" + good.name)
+        ply.write(str(good))
+    path.write_bytes(good.read_bytes().replace(b"element vertex 5", f"element vertex {declared}".encode(), 1))
+
+
+def _no_vertex(path):
+    data = np.zeros(3, dtype=[("x", "f4")])
+    PlyData([PlyElement.describe(data, "face_points")]).write(str(path))
+
+
+def _renumbered_rest(path):
+    _write(path, BASE + [f"f_rest_{i}" for i in range(1, 10)])
+
+
+# name: (writes the file at `path`, the error, pattern naming the problem and its fix)
+BAD_FILES = {
+    "missing": (lambda p: None, FileNotFoundError, r"no such Gaussian \.ply file"),
+    "directory": (lambda p: (p.mkdir(), save_ply(p / "point_cloud.ply", random_scene(np.random.default_rng(0), 3))),
+                  PlyFormatError, r"is a directory, not a \.ply file; give the path of the Gaussian \.ply file "
+                                  r"\(it holds point_cloud\.ply\)"),
+    "junk": (lambda p: p.write_text("this is not a ply file"), PlyFormatError, r"not a readable PLY file"),
+    "no_vertex_element": (_no_vertex, PlyFormatError, r"no 'vertex' element \(found \['face_points'\]\)"),
+    "no_opacity": (lambda p: _write(p, [q for q in BASE if q != "opacity"]), PlyFormatError,
+                   r"missing vertex properties \['opacity'\]; a 3DGS file needs"),
+    "ten_f_rest": (lambda p: _write(p, BASE + [f"f_rest_{i}" for i in range(10)]), PlyFormatError,
+                   r"10 f_rest properties; SH degree 0-3 needs 0, 9, 24 or 45"),
+    "f_rest_from_1": (_renumbered_rest, PlyFormatError, r"f_rest properties are not numbered 0\.\.8"),
+    "no_gaussians": (lambda p: _write(p, BASE, n=0), PlyFormatError, r"the file holds no Gaussians"),
+    "nan_means": (lambda p: _write(p, BASE, values={"x": np.nan}), PlyFormatError,
+                  r"3 Gaussians have non-finite means"),
+    "zero_rotation": (lambda p: _write(p, BASE, values={f"rot_{i}": 0.0 for i in range(4)}), PlyFormatError,
+                      r"zero quaternion \(rot_0\.\.3 all 0\)"),
+    "undercount_binary": (lambda p: _undercounted(p, 3), PlyFormatError,
+                          r"the header declares 3 vertices \('element vertex 3'\) but the file holds 2 more after "
+                          r"them, which would be dropped; correct the count in the header \(to 5"),
+    "undercount_ascii": (lambda p: _undercounted(p, 1, text=True), PlyFormatError,
+                         r"declares 1 vertices .* holds 4 more after them.*\(to 5 if they are Gaussians\)"),
+    "overcount_binary": (lambda p: _undercounted(p, 9), PlyFormatError, r"not a readable PLY file .*early end-of-file"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_FILES))
+def test_malformed_file_is_an_error_naming_file_and_problem(case, tmp_path):
+    write, error, pattern = BAD_FILES[case]
+    path = tmp_path / f"{case}.ply"
+    write(path)
+    with pytest.raises(error) as err:
+        load_ply(path)
+    message = str(err.value)
+    assert message.startswith(f"{path}: "), message
+    assert re.search(pattern, message), f"{pattern!r} not in {message!r}"
+
+
+@pytest.mark.parametrize("text", [False, True])
+def test_a_file_ending_where_its_header_says_loads(text, tmp_path):
+    """The trailing-row check counts exactly: a correct binary or ASCII file (with a trailing
+    blank line in ASCII) loads every Gaussian."""
+    path = tmp_path / "g.ply"
+    _undercounted(path, 5, text=text)
+    if text:
+        path.write_bytes(path.read_bytes() + b"\n")
+    assert load_ply(path).num == 5
 
 
 def test_failed_write_leaves_no_file(tmp_path, monkeypatch):

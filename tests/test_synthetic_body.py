@@ -147,12 +147,10 @@ def test_shape_and_expression_directions_change_the_body_plausibly(neutral):
     assert np.abs(neutral["posedirs"]).max() < 0.05
 
 
-def test_generation_is_deterministic_and_fast(tmp_path):
-    import time
-
-    start = time.perf_counter()
+def test_generation_is_deterministic(tmp_path):
+    # How long generation takes is a benchmark (experiments/bench/bench_synthetic_body.py), not
+    # an assertion: a loaded machine would fail it for no correctness reason.
     a = build_synthetic_smplx(seed=3, num_betas=10)
-    elapsed = time.perf_counter() - start
     b = build_synthetic_smplx(seed=3, num_betas=10)
     c = build_synthetic_smplx(seed=4, num_betas=10)
     for key in a:
@@ -160,7 +158,6 @@ def test_generation_is_deterministic_and_fast(tmp_path):
     np.testing.assert_array_equal(a["v_template"], c["v_template"])
     assert not np.array_equal(a["shapedirs"][:, :, 10:], c["shapedirs"][:, :, 10:])
     assert a["shapedirs"].shape == (10475, 3, 20)  # the 10 + 10 layout
-    assert elapsed < 20.0
     path = write_synthetic_smplx(tmp_path, gender="female", num_betas=10)
     assert path.name == "SMPLX_FEMALE.npz" and path.exists()
 

@@ -2,12 +2,17 @@
 
 import sys
 import types
+from pathlib import Path
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+
+# scipy is a test dependency (the dev extra): imported here, not skipped mid-test, so that a
+# missing scipy cannot hide the encoder checks that follow the decoder's.
+from scipy.spatial.transform import Rotation
 
 from zerohsi_jax.body import VPoser, VPoserFileNotFoundError, axis_angle_to_matrix, random_vposer
 from zerohsi_jax.body.vposer import random_state_dict
@@ -124,8 +129,7 @@ def _check_decode(ours: VPoser, reference_matrot, latent):
     np.testing.assert_allclose(
         np.asarray(axis_angle_to_matrix(decoded.pose_body)), reference_matrot, atol=2e-5
     )
-    rotation = pytest.importorskip("scipy.spatial.transform").Rotation
-    rotvec = rotation.from_matrix(reference_matrot.reshape(-1, 3, 3).astype(np.float64)).as_rotvec()
+    rotvec = Rotation.from_matrix(reference_matrot.reshape(-1, 3, 3).astype(np.float64)).as_rotvec()
     rotvec = rotvec.reshape(batch, 21, 3)
     # At a half turn v and -v are the same rotation; compare vectors below it, matrices above.
     clear = np.linalg.norm(rotvec, axis=-1) < np.pi - 1e-2
@@ -317,3 +321,93 @@ def test_state_dict_errors_name_the_key():
         VPoser.from_state_dict(weights)
     with pytest.raises(ValueError, match="not a VPoser state dict"):
         VPoser.from_state_dict({"foo.weight": np.zeros(3)})
+
+
+# ------------------------------------------------------------------------ the demo's pose prior
+
+
+@pytest.fixture(scope="module")
+def synthetic_body():
+    from zerohsi_jax.body import SMPLX, synthetic_smplx_path
+
+    return SMPLX.load(synthetic_smplx_path(), num_betas=10, use_pca=False, flat_hand_mean=True)
+
+
+def test_pose_prior_cache_is_keyed_by_what_produced_it(synthetic_body, tmp_path, monkeypatch):
+    """A cached prior is read back only for the same body, seed, motion count and producing code;
+    an edit to any producing file (the VPoser module's included) trains a new one."""
+    import shutil
+
+    from zerohsi_jax.synthetic import pose_prior
+
+    built = []
+
+    def build(body, seed, num_motions, **training):  # stands for the 15 s of training
+        built.append((seed, num_motions))
+        return random_vposer(seed)
+
+    monkeypatch.setattr(pose_prior, "_build", build)
+    first = pose_prior.synthetic_pose_prior(synthetic_body, cache_dir=tmp_path, num_motions=8)
+    again = pose_prior.synthetic_pose_prior(synthetic_body, cache_dir=tmp_path, num_motions=8)
+    assert built == [(0, 8)]  # the second request was read from the cache
+    for a, b in zip(jax.tree_util.tree_leaves(first), jax.tree_util.tree_leaves(again), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+    key = pose_prior._fingerprint(synthetic_body, 0, 8)
+    keys = {key}
+
+    def assert_new(what, new_key):
+        assert new_key not in keys, f"{what} left the cache key unchanged"
+        keys.add(new_key)
+
+    assert_new("the seed", pose_prior._fingerprint(synthetic_body, 1, 8))
+    assert_new("the number of motions", pose_prior._fingerprint(synthetic_body, 0, 9))
+    moved = eqx.tree_at(lambda b: b.v_template, synthetic_body, synthetic_body.v_template + 0.01)
+    assert_new("another body", pose_prior._fingerprint(moved, 0, 8))
+    # Each producing file, edited in a copy of the package.
+    package = tmp_path / "package"
+    for name in pose_prior.PRODUCERS:
+        (package / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(pose_prior._PACKAGE / name, package / name)
+    monkeypatch.setattr(pose_prior, "_PACKAGE", package)
+    assert pose_prior._fingerprint(synthetic_body, 0, 8) == key  # the copy is the same code
+    assert "body/vposer.py" in pose_prior.PRODUCERS  # the architecture and file format
+    for name in pose_prior.PRODUCERS:
+        with open(package / name, "a") as f:
+            f.write("\n# edited\n")
+        assert_new(f"an edit of {name}", pose_prior._fingerprint(synthetic_body, 0, 8))
+
+
+def test_pose_prior_producers_are_the_code_that_runs(synthetic_body):
+    """Every function of the package that runs while a prior is built lives in a file of
+    `PRODUCERS` (a small build: 2 motions, 2 training steps). JAX's caches are cleared first so
+    that jitted functions are traced, i.e. run in Python, again."""
+    from zerohsi_jax.synthetic import pose_prior
+
+    package = pose_prior._PACKAGE
+    ran = set()
+
+    def importing(frame):
+        while frame is not None:
+            if frame.f_code.co_filename.startswith("<frozen importlib"):
+                return True
+            frame = frame.f_back
+        return False
+
+    def record(frame, event, arg):
+        if event == "call":
+            path = Path(frame.f_code.co_filename)
+            # Code that runs because a module is imported (class bodies, module constants) is
+            # not what produced the prior.
+            if path.is_relative_to(package) and not importing(frame):
+                ran.add(path.relative_to(package).as_posix())
+
+    jax.clear_caches()
+    sys.setprofile(record)
+    try:
+        model = pose_prior._build(synthetic_body, 0, 2, steps=2, batch_size=8)
+    finally:
+        sys.setprofile(None)
+    assert isinstance(model, VPoser)
+    assert {"synthetic/motion.py", "body/vposer_training.py", "body/vposer.py"} <= ran  # the profile saw the build
+    assert ran <= set(pose_prior.PRODUCERS), f"not in the cache key: {sorted(ran - set(pose_prior.PRODUCERS))}"

@@ -1,14 +1,18 @@
 """The run config: one YAML file describing a reconstruction of one's own scene and videos.
 
 Every field has a default and a one-line description (`zerohsi-jax config --example` prints them
-all). Paths are relative to the config file. Loading validates names and types and says which
-key is wrong and what it should be.
+all). Paths are relative to the config file. Loading validates names, types and ranges (`check_values`:
+no NaN, no negative iteration count or learning rate, loss weights naming known terms, one mask
+file per video) and says which key is wrong and what it should be; `check_files` checks that the
+files a command needs exist. Every command runs both before any work, and `config --check` does.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import fnmatch
+import math
 import types
 import typing
 from collections.abc import Mapping
@@ -16,6 +20,7 @@ from pathlib import Path
 
 import yaml
 
+from .errors import MissingFileError, UserError
 from .reconstruct.config import ReconstructConfig
 
 
@@ -125,7 +130,7 @@ def with_absolute_paths(cfg: RunConfig) -> RunConfig:
     )
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config file with a wrong key or value; the message names the file and the key."""
 
 
@@ -164,13 +169,19 @@ def _check_value(value, annotation, where: str):
             raise ConfigError(f"{where}: expected a mapping of names to numbers, got {value!r}")
         return {str(k): _check_value(v, float, f"{where}.{k}") for k, v in value.items()}
     if annotation is float:
+        if isinstance(value, str):
+            # YAML 1.1 reads 1e-3 (no dot) as text; the number it means is meant.
+            try:
+                return float(value.strip())
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
-        return float(value)
+        return _in_range(where, float(value))
     if annotation is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{where}: expected an integer, got {value!r}")
-        return value
+        return _in_range(where, value)
     if annotation is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"{where}: expected true or false, got {value!r}")
@@ -201,7 +212,7 @@ def _build(cls, data: Mapping, where: str):
 def load_run_config(path) -> RunConfig:
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"config file {path} does not exist (zerohsi-jax config --example > {path} writes one)")
+        raise MissingFileError(f"config file {path} does not exist (zerohsi-jax config --example > {path} writes one)")
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
@@ -210,9 +221,171 @@ def load_run_config(path) -> RunConfig:
         raise ConfigError(f"{path}: the top level must be a mapping of sections")
     try:
         cfg = _build(RunConfig, data, "")
+        check_values(cfg)
     except ConfigError as err:
         raise ConfigError(f"{path}: {err}") from None
     return dataclasses.replace(cfg, base_dir=str(path.parent.resolve()))
+
+
+# ------------------------------------------------------------------------------ ranges
+
+_POSITIVE, _NON_NEGATIVE, _UNIT = (lambda v: v > 0, "more than 0"), (lambda v: v >= 0, "0 or more"), \
+    (lambda v: 0 <= v <= 1, "in [0, 1]")
+_RANGES = [  # (key pattern, test, what the value must be): the first pattern that matches applies
+    ("*learning_rate", *_POSITIVE),
+    ("*iterations", *_NON_NEGATIVE),
+    ("reconstruct.hsi.ssim_weight", *_UNIT),
+    ("reconstruct.background[[]*]", *_UNIT),
+    ("*loss_weights.*", *_NON_NEGATIVE),
+    ("*_weight*", *_NON_NEGATIVE),
+    ("reconstruct.hsi.color_every", *_NON_NEGATIVE),
+    ("reconstruct.parallel_warmup_frames", *_NON_NEGATIVE),
+    ("reconstruct.refine.dynamic_threshold", *_NON_NEGATIVE),
+    ("reconstruct.refine.*", *_POSITIVE),  # contact_epsilon, contact_chunk, max_contact_points, ...
+    ("reconstruct.tile_capacity", *_POSITIVE),
+    ("video.stride", *_POSITIVE),
+    ("video.max_frames", *_POSITIVE),
+    ("segment.num_points", *_POSITIVE),
+    ("segment.num_negative", *_NON_NEGATIVE),
+    ("init_frame.*", *_POSITIVE),
+    ("render_size[[]*]", *_POSITIVE),
+    ("human.avatar_gaussians", *_POSITIVE),
+]
+
+
+def _range_problem(key: str, value) -> str | None:
+    """'key: what it must be' when a number is NaN, infinite or out of its key's range, else None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    if not math.isfinite(value):
+        return f"{key}: must be a finite number, got {value}"
+    rule = next(((test, what) for pattern, test, what in _RANGES if fnmatch.fnmatchcase(key, pattern)), None)
+    if rule is not None and not rule[0](value):
+        return f"{key}: must be {rule[1]}, got {value}"
+    return None
+
+
+def _in_range(key: str, value):
+    """`value`, checked as it is read (before a section's own checks, which would misname the cause)."""
+    problem = _range_problem(key, value)
+    if problem:
+        raise ConfigError(problem)
+    return value
+
+
+def _leaves(obj, where: str):
+    """(dotted key, value) of every plain value of a config."""
+    if dataclasses.is_dataclass(obj):
+        for f in dataclasses.fields(obj):
+            if f.metadata.get("help", "") is not None:
+                yield from _leaves(getattr(obj, f.name), f"{where}.{f.name}" if where else f.name)
+    elif isinstance(obj, Mapping):
+        for k, v in obj.items():
+            yield from _leaves(v, f"{where}.{k}")
+    elif isinstance(obj, (tuple, list)):
+        for i, v in enumerate(obj):
+            yield from _leaves(v, f"{where}[{i}]")
+    else:
+        yield where, obj
+
+
+def value_problems(cfg, prefix: str = "") -> list[str]:
+    """What is out of range in a config (a `RunConfig`, or any section with `prefix` its key),
+    one 'key: what it must be' per problem."""
+    problems = [problem for key, value in _leaves(cfg, prefix) if (problem := _range_problem(key, value))]
+    if isinstance(cfg, RunConfig):
+        for key, allowed in _CHOICES.items():
+            value = cfg
+            for part in key.split("."):
+                value = getattr(value, part)
+            if value not in allowed:
+                problems.append(f"{key}: must be one of {list(allowed)}, got {value!r}")
+        problems += _loss_term_problems(cfg.reconstruct) + _per_video_problems(cfg.video)
+    return problems
+
+
+_CHOICES = {"human.avatar_size": ("tiny", "small", "medium"), "segment.device": ("auto", "cpu", "cuda")}
+
+
+def check_values(cfg, prefix: str = "") -> None:
+    """`ConfigError` naming every key out of range (see `value_problems`)."""
+    problems = value_problems(cfg, prefix)
+    if problems:
+        raise ConfigError("; ".join(problems))
+
+
+def _loss_term_problems(rc: ReconstructConfig) -> list[str]:
+    """Loss weights of the command line's runs must name terms of the built-in tables (the Python API
+    checks them against the tables it is given)."""
+    from .reconstruct.losses import CAMERA_TERMS, HSI_TERMS, REFINE_TERMS
+
+    problems = []
+    for stage, table in (("camera", CAMERA_TERMS), ("hsi", HSI_TERMS), ("refine", REFINE_TERMS)):
+        for name in getattr(rc, stage).loss_weights:
+            if name not in table:
+                close = difflib.get_close_matches(name, list(table), n=1)
+                hint = f"did you mean '{close[0]}'?" if close else f"the terms are {', '.join(sorted(table))}"
+                problems.append(f"reconstruct.{stage}.loss_weights.{name}: unknown loss term ({hint})")
+    return problems
+
+
+def _per_video_problems(video: VideoSection) -> list[str]:
+    problems = []
+    for name in ("masks", "pose_estimates"):
+        files = getattr(video, name)
+        if files is not None and len(files) != len(video.paths):
+            problems.append(f"video.{name}: {len(files)} file(s) for {len(video.paths)} video(s) in video.paths; "
+                            "give one per video, in the same order")
+    return problems
+
+
+# ------------------------------------------------------------------------------- files
+
+COMMANDS = ("init-frame", "segment", "reconstruct")
+
+
+def needed_files(cfg: RunConfig, command: str = "reconstruct") -> list[tuple[str, Path]]:
+    """(key, path) of every file `command` reads: the scene, object, camera and human files for all
+    of them; the videos, and masks, pose estimates or the SAM2 checkpoint, for segment and reconstruct."""
+    if command not in COMMANDS:
+        raise ValueError(f"command must be one of {COMMANDS}, got {command!r}")
+    files = [("scene.ply", cfg.scene.ply), ("object.ply", cfg.object.ply), ("camera", cfg.camera),
+             ("human.body_pose", cfg.human.body_pose)]
+    files += [(f"human.{k}", getattr(cfg.human, k)) for k, generated in
+              (("smplx_model", "synthetic"), ("avatar", "builtin"), ("vposer", "synthetic"))
+              if getattr(cfg.human, k) != generated]
+    if command in ("segment", "reconstruct"):
+        v = cfg.video
+        files += [(f"video.paths[{i}]", p) for i, p in enumerate(v.paths)]
+        if command == "segment" or v.masks is None:
+            files.append(("segment.checkpoint", cfg.segment.checkpoint))
+        if command == "reconstruct":
+            files += [(f"video.masks[{i}]", p) for i, p in enumerate(v.masks or ())]
+            files += [(f"video.pose_estimates[{i}]", p) for i, p in enumerate(v.pose_estimates or ())]
+    return [(key, cfg.path(p)) for key, p in files if key == "segment.checkpoint" or p is not None]
+
+
+def check_files(cfg: RunConfig, command: str = "reconstruct", source=None) -> None:
+    """`MissingFileError` naming every file `command` needs that is not there (by key and path)."""
+    missing = []
+    for key, path in needed_files(cfg, command):
+        if path is None:
+            missing.append(f"{key} is null (SAM2 makes the masks when video.masks is null: give its checkpoint, "
+                           "or the masks)")
+        elif not path.exists():
+            missing.append(f"{key}: {path} does not exist")
+    if missing:
+        where = f"{source}: " if source is not None else ""
+        later = "" if command == "init-frame" else (
+            f" (checked for `{command}`; `config --check CONFIG --for init-frame` checks what init-frame needs)")
+        raise MissingFileError(f"{where}{'; '.join(missing)}; fix the paths (relative to the config file){later}")
+
+
+def load_checked_config(path, command: str = "reconstruct") -> RunConfig:
+    """`load_run_config` and `check_files` for `command`: what every command does before any work."""
+    cfg = load_run_config(path)
+    check_files(cfg, command, source=path)
+    return cfg
 
 
 def run_config_to_dict(cfg) -> dict:

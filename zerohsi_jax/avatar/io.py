@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..errors import UserError
 from .layers import ViewDirNet
 from .model import AnimatableAvatar, AvatarTemplate
 from .statedict import check_state_dict, load_state_dict, to_state_dict
@@ -37,7 +38,7 @@ MISSING_AVATAR_HELP = (
 )
 
 
-class AvatarFileError(ValueError):
+class AvatarFileError(UserError, ValueError):
     pass
 
 

@@ -27,6 +27,7 @@ from .smplx_model import (
     ModelFileError,
     ModelFileNotFoundError,
     SMPLXOutput,
+    betas_for,
     foot_vertex_ids,
     hand_vertex_ids,
 )
@@ -48,6 +49,7 @@ __all__ = [
     "VPoserDecoded",
     "VPoserFileNotFoundError",
     "axis_angle_to_matrix",
+    "betas_for",
     "build_synthetic_smplx",
     "foot_vertex_ids",
     "hand_vertex_ids",

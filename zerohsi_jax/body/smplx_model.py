@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int
 
+from ..errors import UserError
 from .joint_names import (
     EXTRA_VERTEX_IDS,
     FOOT_JOINTS,
@@ -56,11 +57,11 @@ SMPLX_DOWNLOAD_HELP = (
 )
 
 
-class ModelFileError(ValueError):
+class ModelFileError(UserError, ValueError):
     """A body model file is missing a key, or a key has the wrong shape or type."""
 
 
-class ModelFileNotFoundError(FileNotFoundError):
+class ModelFileNotFoundError(UserError, FileNotFoundError):
     """The configured body model file does not exist."""
 
 
@@ -582,6 +583,16 @@ class _KeyChecker:
         if kind == "float" and not np.all(np.isfinite(value)):
             raise ModelFileError(f"{self.source}: key '{key}' holds NaN or infinite values")
         return value
+
+
+def betas_for(model: SMPLX, betas) -> np.ndarray:
+    """`betas` (any length, or None) as the model's (num_betas,) shape vector: cut, or padded with
+    zeros (a missing shape coefficient is a zero one)."""
+    out = np.zeros(model.num_betas, np.float32)
+    if betas is not None:
+        b = np.asarray(betas, np.float32).reshape(-1)[: model.num_betas]
+        out[: b.size] = b
+    return out
 
 
 def hand_vertex_ids(model: SMPLX, side: str) -> np.ndarray:

@@ -1051,17 +1051,20 @@ def write_synthetic_smplx(
 
 
 def default_cache_dir() -> Path:
-    """$ZEROHSI_JAX_CACHE if set, else $XDG_CACHE_HOME/zerohsi_jax or ~/.cache/zerohsi_jax."""
-    if os.environ.get("ZEROHSI_JAX_CACHE"):
-        return Path(os.environ["ZEROHSI_JAX_CACHE"])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "zerohsi_jax"
+    """The package's cache root (`zerohsi_jax.cache.cache_root`)."""
+    from ..cache import cache_root
+
+    return cache_root()
 
 
 def _generator_fingerprint() -> str:
-    """Short hash of this file, so a cached model is regenerated whenever the generator changes."""
+    """Short hash of the generator (this file and the skeleton tables it builds from), so a cached
+    model is regenerated whenever either changes."""
     import hashlib
 
-    return hashlib.sha1(Path(__file__).read_bytes()).hexdigest()[:10]
+    digest = hashlib.sha1(Path(__file__).read_bytes())
+    digest.update(Path(__file__).with_name("joint_names.py").read_bytes())
+    return digest.hexdigest()[:10]
 
 
 def synthetic_smplx_path(

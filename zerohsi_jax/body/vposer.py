@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
+from ..errors import UserError
 from .rotations import matrix_to_axis_angle, rot6d_to_matrix
 
 NUM_BODY_JOINTS = 21
@@ -44,7 +45,7 @@ VPOSER_DOWNLOAD_HELP = (
 )
 
 
-class VPoserFileNotFoundError(FileNotFoundError):
+class VPoserFileNotFoundError(UserError, FileNotFoundError):
     """The configured VPoser file does not exist."""
 
 

@@ -23,6 +23,7 @@ import numpy as np
 from jaxtyping import UInt8
 from tqdm.auto import tqdm
 
+from ..errors import UserError
 from ..splat.camera import Camera
 
 VIDEO_SUFFIXES = (".mp4", ".webm", ".mov", ".avi", ".mkv", ".m4v")
@@ -33,7 +34,7 @@ ASPECT_RTOL = 0.01
 _REENCODE_HINT = "re-encode it, e.g. `ffmpeg -i INPUT -c:v libx264 -pix_fmt yuv420p OUTPUT.mp4`"
 
 
-class VideoError(ValueError):
+class VideoError(UserError, ValueError):
     """A video or image folder that cannot be used as it is (the message names the file and the fix)."""
 
 

@@ -12,6 +12,8 @@
 from __future__ import annotations
 
 import hashlib
+import inspect
+import marshal
 from pathlib import Path
 
 import equinox as eqx
@@ -112,16 +114,35 @@ def sdf_grid_from_mesh(vertices, faces, *, spacing: float = 0.05, padding: float
     return SignedDistanceGrid(values.reshape(tuple(counts)), lo, float(spacing))
 
 
+def _sdf_producer_source() -> bytes:
+    """The code that computes a cached grid, so that an edit to it is a new cache entry rather
+    than an old grid read back."""
+    parts = []
+    for fn in (sdf_grid_from_mesh, _point_triangle_distance, _winding_numbers):
+        try:
+            parts.append(inspect.getsource(fn).encode())
+        except (OSError, TypeError):  # no source shipped: the compiled code stands for it
+            parts.append(marshal.dumps(fn.__code__))
+    return b"\0".join(parts)
+
+
 def cached_sdf_grid(vertices, faces, cache_dir, *, spacing: float = 0.05) -> SignedDistanceGrid:
-    """`sdf_grid_from_mesh`, computed once per mesh and spacing and stored under `cache_dir`."""
+    """`sdf_grid_from_mesh`, computed once per mesh and spacing and stored under `cache_dir`. The
+    file name is a hash of everything the grid depends on: the mesh, the spacing and padding, and
+    the source of the functions that compute it."""
     v = np.ascontiguousarray(vertices, np.float32)
     f = np.ascontiguousarray(faces, np.int32)
-    key = hashlib.sha256(v.tobytes() + f.tobytes() + str(spacing).encode()).hexdigest()[:16]
+    padding = 0.2
+    digest = hashlib.sha256()
+    for part in (repr((v.shape, f.shape, float(spacing), float(padding))).encode(), v.tobytes(), f.tobytes(),
+                 _sdf_producer_source()):
+        digest.update(part + b"\0")
+    key = digest.hexdigest()[:16]
     path = Path(cache_dir) / f"sdf_{key}.npz"
     if path.exists():
         with np.load(path) as d:
             return SignedDistanceGrid(jnp.asarray(d["values"]), jnp.asarray(d["origin"]), float(d["spacing"]))
-    grid = sdf_grid_from_mesh(v, f, spacing=spacing)
+    grid = sdf_grid_from_mesh(v, f, spacing=spacing, padding=padding)
     path.parent.mkdir(parents=True, exist_ok=True)
     np.savez(path, values=np.asarray(grid.values), origin=np.asarray(grid.origin), spacing=grid.spacing)
     return grid

@@ -5,6 +5,10 @@ Transforming the scene by T and rendering from T_{t-1} is rendering the scene fr
 world-to-camera matrix V_{t-1} T, so the fit moves the camera instead of the Gaussians (exact for
 positions and orientations, cheaper, and correct for view-dependent colour too). The result is
 T_t = T*^-1 T_{t-1} in the paper's camera-to-world terms, i.e. V_t = V_{t-1} T*.
+
+`pivot="camera"` (an option of ours) applies T in the camera frame of t-1 instead, V_t = T* V_{t-1}:
+the rotation then turns about the camera, not about the world origin, so a small rotation does
+not swing a camera far from the origin through metres.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from ..splat import Camera, Gaussians, RasterConfig, render
 from .config import CameraTrackingConfig
 from .losses import CAMERA_TERMS, weighted_sum
 from .schedules import scan_minimize
-from .state import relative_transform
+from .state import RasterCounts, relative_transform
 
 
 class CameraContext(NamedTuple):
@@ -32,18 +36,24 @@ class CameraContext(NamedTuple):
 def track_camera(scene: Gaussians, camera: Camera, viewmat_prev, frame, background_mask, cfg: CameraTrackingConfig,
                  raster: RasterConfig, background, terms=CAMERA_TERMS):
     """Fit T* for one frame (one `lax.scan` over the iterations) and return (V_t, total loss per
-    iteration, each term's value per iteration, largest tile overflow)."""
+    iteration, each term's value per iteration, `RasterCounts` of the renders: the pairs dropped and
+    what the largest render needed)."""
     if not cfg.enabled or cfg.iterations == 0:
         zero = jnp.zeros((1,), frame.dtype)
-        return viewmat_prev, zero, {k: zero for k in cfg.loss_weights}, jnp.int32(0)
+        return viewmat_prev, zero, {k: zero for k in cfg.loss_weights}, RasterCounts(*(jnp.int32(0),) * 3)
     opt = optax.adam(cfg.learning_rate)
 
+    def moved(delta):
+        if cfg.pivot == "camera":
+            return relative_transform(delta) @ viewmat_prev
+        return viewmat_prev @ relative_transform(delta)
+
     def loss_fn(delta):
-        cam = camera.with_viewmat(viewmat_prev @ relative_transform(delta))
+        cam = camera.with_viewmat(moved(delta))
         out = render(scene, cam, background, config=raster)
         ctx = CameraContext(out.rgb, frame, background_mask, cfg.loss)
         total, values = weighted_sum(terms, cfg.loss_weights, ctx)
-        return total, (values, out.overflow)
+        return total, (values, RasterCounts.of(out))
 
-    delta, losses, (values, overflow) = scan_minimize(loss_fn, jnp.zeros((6,), frame.dtype), opt, cfg.iterations)
-    return viewmat_prev @ relative_transform(delta), losses, values, jnp.max(overflow)
+    delta, losses, (values, counts) = scan_minimize(loss_fn, jnp.zeros((6,), frame.dtype), opt, cfg.iterations)
+    return moved(delta), losses, values, counts.largest()

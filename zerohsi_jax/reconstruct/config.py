@@ -64,8 +64,11 @@ class CameraTrackingConfig(_HashableWeights):
     learning_rate: float = _help("Adam learning rate of the relative camera transform", default=1e-3)
     loss: str = _help("photometric error on the static background: 'l2' (Algorithm 1) or 'l1'", default="l2")
     loss_weights: Mapping[str, float] = _weights(photometric=1.0)
-    enabled: bool = _help("track the camera (False keeps the initial camera: the paper's ablation)",
-                          default=True)
+    enabled: bool = _help("track the camera (False keeps the initial camera: an ablation of ours, not the "
+                          "paper's)", default=True)
+    pivot: str = _help("where the relative transform T of eq. 7 rotates: 'world' (T applied to the scene in "
+                       "world coordinates, as the paper writes G_S(T)) or 'camera' (about the camera of "
+                       "frame t-1; not in the paper)", default="world")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,6 +84,11 @@ class HSIFitConfig(_HashableWeights):
     fit_body_pose: bool = _help("optimise the body pose (False: root and object only, the paper's ablation)",
                                 default=True)
     fit_object: bool = _help("optimise the object's 6-DoF pose", default=True)
+    adam_state: str = _help("Adam between frames: 'restart' (a fresh Adam every frame) or 'carry' (moments and step "
+                            "count continue from frame t-1; the root-only warm-up and the colour schedule still "
+                            "restart); the paper does not say", default="restart")
+    l2_kind: str = _help("the 'L2' of eqs. 11 and 13: 'squared' (squared Euclidean distance) or 'euclidean' "
+                         "(the distance); the paper does not say", default="squared")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,10 +102,22 @@ class RefineConfig(_HashableWeights):
     smooth_weight_dynamic: float = _help("lambda_smooth of eq. S4 with a moving object", default=0.1)
     contact_epsilon: float = _help("contact distance epsilon of eq. S1 in metres (not given in the paper)",
                                    default=0.05)
-    max_contact_points: int = _help("object Gaussian centres used by the contact loss (subsampled)",
-                                    default=256)
-    max_hand_vertices: int = _help("hand vertices used by the contact loss (subsampled evenly per hand)",
-                                   default=256)
+    max_contact_points: int | None = _help(
+        "object Gaussian centres the contact loss searches: null for all of them (the paper's set), or a "
+        "random subsample of this size whose pair count is scaled back to the full sets' #C_t (its nearest "
+        "pair is farther than the full sets', so the loss comes out larger by that ratio)", default=None)
+    max_hand_vertices: int | None = _help(
+        "hand vertices the contact loss searches: null for all (the paper's set), or every k-th per hand "
+        "(count scaled as above)", default=None)
+    contact_chunk: int = _help("object centres searched at a time by the contact loss (memory only)", default=256)
+    fit_distance: str = _help("the 'L2' of eq. 15: 'squared' (mean squared joint distance) or 'euclidean' "
+                              "(mean joint distance); the paper does not say", default="squared")
+    latent_init: str = _help("where the VPoser latents start: 'encoder_mean' (the encoder's mean of the stage-2 "
+                             "pose) or 'zeros' (VPoser's mean pose); the paper does not say", default="encoder_mean")
+    dynamic_threshold: float = _help(
+        "an object whose pose changes by more than this (largest change of a rotation entry or of a "
+        "translation in metres between frames) makes the sequence dynamic (lambda_smooth 0.1, not 0.3)",
+        default=1e-4)
     enabled: bool = _help("run the refinement stage", default=True)
 
 
@@ -111,7 +131,9 @@ class ReconstructConfig:
     parallel_warmup_frames: int = _help("sequential frames before the frame-parallel fit", default=2)
     tile_capacity: int | None = _help("rasterizer Gaussians per tile; None measures it on the first frame",
                                       default=None)
-    background: tuple[float, float, float] = _help("render background colour", default=(0.0, 0.0, 0.0))
+    background: tuple[float, float, float] = _help(
+        "background colour (r, g, b in [0, 1]) of every render: the initial frame given to the video generator "
+        "and the fit, which must see the background the generator saw", default=(0.0, 0.0, 0.0))
 
     def __post_init__(self):
         if self.mode not in ("sequential", "frame_parallel"):
@@ -120,6 +142,16 @@ class ReconstructConfig:
             raise ValueError("hsi.root_only_iterations exceeds hsi.iterations")
         if self.camera.loss not in ("l1", "l2"):
             raise ValueError(f"camera.loss must be 'l1' or 'l2', got {self.camera.loss!r}")
+        choices = {
+            "camera.pivot": (self.camera.pivot, ("world", "camera")),
+            "hsi.l2_kind": (self.hsi.l2_kind, ("squared", "euclidean")),
+            "hsi.adam_state": (self.hsi.adam_state, ("restart", "carry")),
+            "refine.fit_distance": (self.refine.fit_distance, ("squared", "euclidean")),
+            "refine.latent_init": (self.refine.latent_init, ("encoder_mean", "zeros")),
+        }
+        for key, (value, allowed) in choices.items():
+            if value not in allowed:
+                raise ValueError(f"{key} must be one of {list(allowed)}, got {value!r}")
 
 
 def paper_schedule() -> ReconstructConfig:

@@ -19,8 +19,8 @@ import optax
 from ..splat import Camera, Gaussians, RasterConfig, RenderOutput, render
 from .config import HSIFitConfig
 from .losses import HSI_TERMS, weighted_sum
-from .schedules import after, every, labelled_adam, scan_minimize
-from .state import NUM_GROUPS, OBJECT_GROUP, HumanPose, ObjectPose, compose_gaussians
+from .schedules import after, every, labelled_adam, restart_gates, scan_minimize
+from .state import NUM_GROUPS, OBJECT_GROUP, HumanPose, ObjectPose, RasterCounts, compose_gaussians
 
 
 class HSIContext(NamedTuple):
@@ -35,6 +35,7 @@ class HSIContext(NamedTuple):
     ssim_weight: float
     human: HumanPose
     object_pose: ObjectPose
+    l2_kind: str  # 'squared' or 'euclidean': how eqs. 11 and 13 take their L2
 
 
 def hsi_optimizer(cfg: HSIFitConfig, has_object: bool) -> optax.GradientTransformation:
@@ -62,18 +63,37 @@ def render_frame(avatar, human: HumanPose, obj: Gaussians | None, object_pose: O
     return render(g, camera, background, num_groups=NUM_GROUPS, config=raster)
 
 
-def fit_frame(avatar_rest, color, human_init: HumanPose, object_prev: ObjectPose, obj: Gaussians | None,
-              scene: Gaussians, camera: Camera, frame, human_mask, object_mask, object_depth0,
-              cfg: HSIFitConfig, raster: RasterConfig, background, terms=HSI_TERMS):
-    """Fit frame t. Returns (human pose, object pose, colour net, loss per iteration, each term
-    per iteration, largest tile overflow)."""
-    opt = hsi_optimizer(cfg, obj is not None)
-    params = {
-        "root": {"transl": human_init.transl, "global_orient": human_init.global_orient},
-        "pose": human_init.body_pose,
-        "object": jnp.zeros((6,), frame.dtype),
+class FrameFit(NamedTuple):
+    """What fitting one frame gives."""
+
+    human: HumanPose
+    object_pose: ObjectPose
+    color: eqx.Module
+    opt_state: optax.OptState
+    losses: jax.Array  # (iterations,)
+    terms: dict  # name -> (iterations,)
+    raster_counts: RasterCounts  # pairs dropped, and what the largest render needed
+
+
+def frame_parameters(human: HumanPose, color, dtype=jnp.float32) -> dict:
+    """The HSI fit's parameters: root, body pose, the object's relative pose, the colour net."""
+    return {
+        "root": {"transl": human.transl, "global_orient": human.global_orient},
+        "pose": human.body_pose,
+        "object": jnp.zeros((6,), dtype),
         "color": color,
     }
+
+
+def fit_frame(avatar_rest, color, human_init: HumanPose, object_prev: ObjectPose, obj: Gaussians | None,
+              scene: Gaussians, camera: Camera, frame, human_mask, object_mask, object_depth0,
+              cfg: HSIFitConfig, raster: RasterConfig, background, terms=HSI_TERMS, opt_state=None) -> FrameFit:
+    """Fit frame t, with a fresh Adam, or continuing `opt_state` (the previous frame's, when
+    `cfg.adam_state` is 'carry'; its warm-up and colour schedules restart)."""
+    opt = hsi_optimizer(cfg, obj is not None)
+    params = frame_parameters(human_init, color, frame.dtype)
+    if opt_state is not None:
+        opt_state = restart_gates(opt_state)
 
     def loss_fn(p):
         avatar = eqx.combine(p["color"], avatar_rest)
@@ -81,10 +101,12 @@ def fit_frame(avatar_rest, color, human_init: HumanPose, object_prev: ObjectPose
         object_pose = object_prev.compose_relative(p["object"])
         out = render_frame(avatar, human, obj, object_pose, scene, camera, raster, background)
         ctx = HSIContext(out, frame, human_mask, object_mask, out.group_masks[..., OBJECT_GROUP],
-                         object_depth0, cfg.ssim_weight, human, object_pose)
+                         object_depth0, cfg.ssim_weight, human, object_pose, cfg.l2_kind)
         total, values = weighted_sum(terms, cfg.loss_weights, ctx)
-        return total, (values, out.overflow)
+        return total, (values, RasterCounts.of(out))
 
-    params, losses, (values, overflow) = scan_minimize(loss_fn, params, opt, cfg.iterations)
+    params, losses, (values, counts), opt_state = scan_minimize(loss_fn, params, opt, cfg.iterations,
+                                                                  opt_state=opt_state, return_state=True)
     human = HumanPose(params["root"]["transl"], params["root"]["global_orient"], params["pose"])
-    return human, object_prev.compose_relative(params["object"]), params["color"], losses, values, jnp.max(overflow)
+    return FrameFit(human, object_prev.compose_relative(params["object"]), params["color"], opt_state, losses, values,
+                    counts.largest())

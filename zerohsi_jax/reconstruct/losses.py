@@ -69,11 +69,14 @@ def rgb_loss(rendered, target, ssim_weight: float = 0.1) -> Float[Array, ""]:
 # ------------------------------------------------------------------------------- camera tracking
 
 
-def static_background_masks(human_masks: Float[Array, "T H W"], object_masks: Float[Array, "T H W"]
-                            ) -> Float[Array, "T H W"]:
-    """Eq. 8: M_t = 1 - union_{i<=t} (M_H^i | M_O^i), for every t at once (a running maximum)."""
+def static_background_masks(human_masks: Float[Array, "*S T H W"], object_masks: Float[Array, "*S T H W"]
+                            ) -> Float[Array, "*S T H W"]:
+    """Eq. 8: M_t = 1 - union_{i<=t} (M_H^i | M_O^i), for every t at once (a running maximum over
+    time, the third axis from the end; leading axes such as seeds are independent videos)."""
+    if human_masks.ndim < 3 or human_masks.shape != object_masks.shape:
+        raise ValueError(f"masks must be (..., T, H, W) and alike, got {human_masks.shape} and {object_masks.shape}")
     dynamic = jnp.maximum(human_masks, object_masks)
-    return 1.0 - jax.lax.cummax(dynamic, axis=0)
+    return 1.0 - jax.lax.cummax(dynamic, axis=dynamic.ndim - 3)
 
 
 def masked_photometric_loss(rendered, target, mask: Float[Array, "H W"], kind: str = "l2") -> Float[Array, ""]:
@@ -96,12 +99,23 @@ def mask_centroid(mask: Float[Array, "H W"]) -> Float[Array, "2"]:
     return jnp.stack([jnp.sum(mask * xs[None, :]) / total, jnp.sum(mask * ys[:, None]) / total])
 
 
-def object_center_loss(rendered_object_mask, object_mask) -> Float[Array, ""]:
+def l2_distance(diff: Float[Array, "*b D"], kind: str = "squared") -> Float[Array, "*b"]:
+    """The paper's "L2" of a difference vector: its squared Euclidean norm ('squared', the default
+    reading of eqs. 11, 13 and 15) or the norm itself ('euclidean'). The paper does not say which."""
+    sq = jnp.sum(diff**2, axis=-1)
+    if kind == "squared":
+        return sq
+    if kind == "euclidean":
+        return jnp.sqrt(sq + 1e-12)
+    raise ValueError(f"L2 kind must be 'squared' or 'euclidean', got {kind!r}")
+
+
+def object_center_loss(rendered_object_mask, object_mask, kind: str = "squared") -> Float[Array, ""]:
     """Eq. 11: L_center = L2(C_hat_O^t, C_O^t), centroids of the rendered object region and of the
     segmented object mask. An empty segmentation contributes nothing."""
     present = (jnp.sum(object_mask) > 0.5).astype(object_mask.dtype)
     d = mask_centroid(rendered_object_mask) - mask_centroid(object_mask)
-    return present * jnp.sum(d**2)
+    return present * l2_distance(d, kind)
 
 
 def mean_masked_depth(depth: Float[Array, "H W"], mask: Float[Array, "H W"]) -> Float[Array, ""]:
@@ -109,31 +123,82 @@ def mean_masked_depth(depth: Float[Array, "H W"], mask: Float[Array, "H W"]) -> 
     return jnp.sum(depth * mask) / jnp.maximum(jnp.sum(mask), 1e-6)
 
 
-def object_depth_loss(depth, rendered_object_mask, reference_depth) -> Float[Array, ""]:
+def object_depth_loss(depth, rendered_object_mask, reference_depth, kind: str = "squared") -> Float[Array, ""]:
     """Eq. 13: L_depth = L2(D_hat_O^t, D_O^0), the mean rendered depth of the object region against
     the mean object depth of frame 0."""
     present = (jnp.sum(rendered_object_mask) > 0.5).astype(depth.dtype)
-    return present * (mean_masked_depth(depth, rendered_object_mask) - reference_depth) ** 2
+    d = mean_masked_depth(depth, rendered_object_mask) - reference_depth
+    return present * l2_distance(d[None], kind)
 
 
 # ---------------------------------------------------------------------------------- refinement
 
 
-def joint_fit_loss(reference_joints: Float[Array, "J 3"], joints: Float[Array, "J 3"]) -> Float[Array, ""]:
-    """Eq. 15: L_fit^t = L2(J_hat_t, J_t(r_t, phi_t, D(z_t))), mean squared joint distance."""
-    return jnp.mean(jnp.sum((reference_joints - joints) ** 2, axis=-1))
+def joint_fit_loss(reference_joints: Float[Array, "J 3"], joints: Float[Array, "J 3"], kind: str = "squared"
+                   ) -> Float[Array, ""]:
+    """Eq. 15: L_fit^t = L2(J_hat_t, J_t(r_t, phi_t, D(z_t))), averaged over the joints (of the
+    squared distances by default; `kind` 'euclidean' averages the distances)."""
+    return jnp.mean(l2_distance(reference_joints - joints, kind))
+
+
+def hand_object_contact_loss_dense(hand_vertices: Float[Array, "V 3"], object_centers: Float[Array, "P 3"],
+                                   epsilon: float, pair_scale: float = 1.0) -> Float[Array, ""]:
+    """Eqs. S1-S2 with every pairwise distance held at once: the plain twin of
+    `hand_object_contact_loss`, for tests and small sets. Memory grows as V x P."""
+    d2 = jnp.sum((hand_vertices[:, None, :] - object_centers[None, :, :]) ** 2, axis=-1)
+    in_contact = d2 < epsilon**2
+    count = jnp.sum(in_contact) * pair_scale
+    # sqrt at a masked minimum only: keeps the gradient finite when a pair coincides.
+    nearest = jnp.sqrt(jnp.min(jnp.where(in_contact, d2, epsilon**2)) + 1e-12)
+    return jnp.where(count > 0, nearest / jnp.maximum(count, 1e-12), 0.0)
+
+
+def _nearest_contact_pair(hand_vertices, object_centers, epsilon: float, chunk: int):
+    """(#C_t, hand index, object index) of the closest pair of C_t, searched over blocks of
+    `chunk` object centres so that memory stays V x chunk. Integer results: no gradient."""
+    hand = jax.lax.stop_gradient(hand_vertices)
+    centers = jax.lax.stop_gradient(object_centers)
+    p = centers.shape[0]
+    chunk = max(1, min(int(chunk), p))
+    blocks = -(-p // chunk)
+    # Padding sits at infinity: never within epsilon of a vertex.
+    padded = jnp.concatenate([centers, jnp.full((blocks * chunk - p, 3), jnp.inf, centers.dtype)])
+    eps2 = jnp.asarray(epsilon, hand.dtype) ** 2
+
+    def search(carry, block):
+        count, best, best_hand, best_obj = carry
+        points, offset = block
+        d2 = jnp.sum((hand[:, None, :] - points[None, :, :]) ** 2, axis=-1)
+        inside = d2 < eps2
+        masked = jnp.where(inside, d2, jnp.inf)
+        flat = jnp.argmin(masked)
+        smallest = masked.reshape(-1)[flat]
+        better = smallest < best
+        return (count + jnp.sum(inside, dtype=jnp.int32), jnp.where(better, smallest, best),
+                jnp.where(better, flat // chunk, best_hand), jnp.where(better, offset + flat % chunk, best_obj)), None
+
+    init = (jnp.int32(0), jnp.asarray(jnp.inf, hand.dtype), jnp.int32(0), jnp.int32(0))
+    offsets = jnp.arange(blocks, dtype=jnp.int32) * chunk
+    (count, _, i, j), _ = jax.lax.scan(search, init, (padded.reshape(blocks, chunk, 3), offsets))
+    return count, i, j
 
 
 def hand_object_contact_loss(hand_vertices: Float[Array, "V 3"], object_centers: Float[Array, "P 3"],
-                             epsilon: float) -> Float[Array, ""]:
-    """Eqs. S1-S2: over the contact set C_t = {(v, mu): |v - mu| < epsilon}, the smallest distance
-    divided by #C_t; zero when the set is empty (the loss applies only when #C_t > 0)."""
-    d2 = jnp.sum((hand_vertices[:, None, :] - object_centers[None, :, :]) ** 2, axis=-1)
-    in_contact = d2 < epsilon**2
-    count = jnp.sum(in_contact)
-    # sqrt at a masked minimum only: keeps the gradient finite when a pair coincides.
-    nearest = jnp.sqrt(jnp.min(jnp.where(in_contact, d2, epsilon**2)) + 1e-12)
-    return jnp.where(count > 0, nearest / jnp.maximum(count, 1), 0.0)
+                             epsilon: float, pair_scale: float = 1.0, chunk: int = 256) -> Float[Array, ""]:
+    """Eqs. S1-S2: over the contact set C_t = {(v, mu): |v - mu| < epsilon} of all hand vertices and
+    object centres, the smallest distance divided by #C_t; zero when the set is empty (the loss
+    applies only when #C_t > 0).
+
+    Exact over the full sets: the pairs are searched block by block (`chunk` centres at a time),
+    and the gradient, which the minimum sends to its one pair only, is that pair's (to the
+    vertex and the centre alike). When the sets
+    given are subsamples, `pair_scale` (full pairs / subsampled pairs) scales the count back to
+    the full sets' #C_t, so that the loss keeps the paper's scale."""
+    count, i, j = _nearest_contact_pair(hand_vertices, object_centers, epsilon, chunk)
+    d2 = jnp.sum((hand_vertices[i] - object_centers[j]) ** 2)
+    nearest = jnp.sqrt(d2 + 1e-12)
+    scaled = count.astype(nearest.dtype) * pair_scale
+    return jnp.where(count > 0, nearest / jnp.maximum(scaled, 1e-12), 0.0)
 
 
 def smoothness_loss(body_poses: Float[Array, "T 63"]) -> Float[Array, ""]:
@@ -173,12 +238,13 @@ CAMERA_TERMS: dict[str, LossTerm] = {
 
 HSI_TERMS: dict[str, LossTerm] = {
     "rgb": lambda c: rgb_loss(c.render.rgb, c.frame, c.ssim_weight),
-    "object_center": lambda c: object_center_loss(c.rendered_object_mask, c.object_mask),
-    "object_depth": lambda c: object_depth_loss(c.render.depth, c.rendered_object_mask, c.object_depth0),
+    "object_center": lambda c: object_center_loss(c.rendered_object_mask, c.object_mask, c.l2_kind),
+    "object_depth": lambda c: object_depth_loss(c.render.depth, c.rendered_object_mask, c.object_depth0, c.l2_kind),
 }
 
 REFINE_TERMS: dict[str, LossTerm] = {
-    "fit": lambda c: jnp.mean(jax.vmap(joint_fit_loss)(c.reference_joints, c.joints)),
+    "fit": lambda c: jnp.mean(jax.vmap(joint_fit_loss, in_axes=(0, 0, None))(c.reference_joints, c.joints,
+                                                                             c.fit_distance)),
     "physics": lambda c: physics_loss(c.contact_per_frame, smoothness_loss(c.body_poses), c.contact_weight,
                                       c.smooth_weight),
 }

@@ -32,20 +32,23 @@ class RefineContext(NamedTuple):
     smooth_weight: float
     human: HumanPose
     latents: jax.Array  # (T, 32)
+    fit_distance: str  # 'squared' or 'euclidean': how eq. 15's L2 is taken
 
 
-def contact_points(obj_means, object_rotations, object_translations, max_points: int, seed: int = 0):
-    """Object Gaussian centres mu_O^t of every frame (a fixed subsample of at most `max_points`)."""
+def contact_points(obj_means, object_rotations, object_translations, max_points: int | None = None,
+                   seed: int = 0):
+    """Object Gaussian centres mu_O^t of every frame (T, P, 3): all of them (the paper's set), or a
+    fixed random subsample of at most `max_points` (see `contact_pair_scale`)."""
     n = obj_means.shape[0]
-    if n > max_points:
+    if max_points is not None and n > max_points:
         idx = np.sort(np.random.default_rng(seed).choice(n, max_points, replace=False))
         obj_means = obj_means[idx]
     return jnp.einsum("tij,pj->tpi", object_rotations, obj_means) + object_translations[:, None, :]
 
 
 def hand_vertices(body, max_vertices: int | None = None) -> np.ndarray:
-    """H_t of eq. S1: the vertices of both hands, at most `max_vertices` (every k-th of each hand:
-    the pairwise distances to the object are the refinement's largest cost)."""
+    """H_t of eq. S1: the vertices of both hands (all of them, the paper's set), or at most
+    `max_vertices` (every k-th of each hand)."""
     per_hand = []
     for side in ("left", "right"):
         ids = hand_vertex_ids(body, side)
@@ -55,15 +58,40 @@ def hand_vertices(body, max_vertices: int | None = None) -> np.ndarray:
     return np.concatenate(per_hand)
 
 
-def refine_sequence(hands_model, vposer, human: HumanPose, object_points, cfg: RefineConfig, dynamic: bool,
-                    terms=REFINE_TERMS):
+def contact_pair_scale(body, num_object_gaussians: int, cfg: RefineConfig) -> float:
+    """#(full hand-object pairs) / #(pairs the subsamples hold): the factor that turns a
+    subsample's contact count into an estimate of the full sets' #C_t (1 without subsampling)."""
+    full_hands = len(hand_vertices(body))
+    used_hands = len(hand_vertices(body, cfg.max_hand_vertices))
+    used_points = num_object_gaussians if cfg.max_contact_points is None else min(num_object_gaussians,
+                                                                                 cfg.max_contact_points)
+    return (full_hands * num_object_gaussians) / (used_hands * used_points)
+
+
+def reference_joints(hands_model, human: HumanPose, betas=None):
+    """J_hat_t of eq. 15: the stage-2 poses through the SMPL-X layer with the subject's shape."""
+    return hands_model(human.global_orient, human.body_pose, human.transl, betas)[0][:, :NUM_BODY_JOINTS_WITH_ROOT]
+
+
+def initial_latents(vposer, body_poses, how: str):
+    """Where the VPoser latents start: the encoder's mean of the stage-2 poses, or zeros (VPoser's
+    mean pose)."""
+    if how == "zeros":
+        return jnp.zeros((body_poses.shape[0], vposer.latent_dim), body_poses.dtype)
+    return vposer.encode(body_poses)[0]
+
+
+def refine_sequence(hands_model, vposer, human: HumanPose, object_points, cfg: RefineConfig, dynamic,
+                    terms=REFINE_TERMS, betas=None, pair_scale: float = 1.0):
     """Refine one sequence. `hands_model` is `body.vertex_subset(hand_vertices(body))`: the skeleton
     and the hand vertices, all the refinement reads of the body; `human` holds (T, ...) stage-2
-    poses; `object_points` (T, P, 3) object centres per frame or None. Returns (refined
-    HumanPose, latents, loss per iteration, each term per iteration)."""
-    reference = hands_model(human.global_orient, human.body_pose, human.transl)[0][:, :NUM_BODY_JOINTS_WITH_ROOT]
-    latents0 = vposer.encode(human.body_pose)[0]
-    smooth_weight = cfg.smooth_weight_dynamic if dynamic else cfg.smooth_weight_static
+    poses; `object_points` (T, P, 3) object centres per frame or None; `dynamic` whether the
+    object moves (eq. S4's smoothness weight); `betas` the subject's
+    shape (the avatar's), with which every pose is posed; `pair_scale` from `contact_pair_scale`.
+    Returns (refined HumanPose, latents, loss per iteration, each term per iteration)."""
+    reference = reference_joints(hands_model, human, betas)
+    latents0 = initial_latents(vposer, human.body_pose, cfg.latent_init)
+    smooth_weight = jnp.where(dynamic, cfg.smooth_weight_dynamic, cfg.smooth_weight_static)
     opt = optax.adam(cfg.learning_rate)
 
     def decode(latents):
@@ -71,16 +99,17 @@ def refine_sequence(hands_model, vposer, human: HumanPose, object_points, cfg: R
 
     def loss_fn(params):
         body_pose = decode(params["latents"])
-        joints, hand_verts = hands_model(params["global_orient"], body_pose, params["transl"])
+        joints, hand_verts = hands_model(params["global_orient"], body_pose, params["transl"], betas)
         if object_points is None:
             contact = jnp.zeros((body_pose.shape[0],), body_pose.dtype)
         else:
-            contact = jax.vmap(hand_object_contact_loss, in_axes=(0, 0, None))(
-                hand_verts, object_points, cfg.contact_epsilon
+            contact = jax.vmap(hand_object_contact_loss, in_axes=(0, 0, None, None, None))(
+                hand_verts, object_points, cfg.contact_epsilon, pair_scale, cfg.contact_chunk
             )
         ctx = RefineContext(reference, joints[:, :NUM_BODY_JOINTS_WITH_ROOT], body_pose, contact,
                             cfg.contact_weight, smooth_weight,
-                            HumanPose(params["transl"], params["global_orient"], body_pose), params["latents"])
+                            HumanPose(params["transl"], params["global_orient"], body_pose), params["latents"],
+                            cfg.fit_distance)
         return weighted_sum(terms, cfg.loss_weights, ctx)
 
     params = {"latents": latents0, "transl": human.transl, "global_orient": human.global_orient}

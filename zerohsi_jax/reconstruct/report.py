@@ -10,6 +10,7 @@ import numpy as np
 
 from ..io import overlay, side_by_side, to_uint8, write_video
 from .hsi_fit import render_frame
+from .run_files import save_figure
 from .state import HumanPose, ObjectPose, SceneInputs
 
 
@@ -63,15 +64,16 @@ def plot_losses(path: Path, result) -> None:
     axes[2].set_title("refinement (whole sequence)")
     axes[2].set_xlabel("iteration")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(path, fig, dpi=110)  # written aside and renamed: a picture that exists is whole
     plt.close(fig)
 
 
 def write_run_pictures(out_dir, inputs: SceneInputs, result, reference: np.ndarray, fps: float = 10.0,
-                       seed: int = 0) -> list[Path]:
-    """video.mp4 (reference | render | overlay) and losses.png in `out_dir`."""
+                       seed: int = 0, background=(0.0, 0.0, 0.0)) -> list[Path]:
+    """video.mp4 (reference | render | overlay) and losses.png in `out_dir`; the renders over the
+    run's `background` colour."""
     out_dir = Path(out_dir)
-    rendered = render_results(inputs, result, seed)
+    rendered = render_results(inputs, result, seed, background)
     video = write_video(out_dir / "video.mp4", comparison_frames(reference, rendered), fps)
     plot_losses(out_dir / "losses.png", result)
     return [video, out_dir / "losses.png"]

@@ -58,16 +58,32 @@ def labelled_adam(learning_rates: Mapping[str, float], schedules: Mapping[str, C
     return transforms
 
 
-def scan_minimize(loss_fn: Callable, params, optimizer: optax.GradientTransformation, iterations: int):
+def restart_gates(opt_state):
+    """`opt_state` with every gate's step count back at zero and the inner states kept: a new
+    frame's warm-up and every-k-th schedule start again while Adam's moments carry over."""
+    def reset(node):
+        if isinstance(node, GatedState):
+            return GatedState(jnp.zeros_like(node.count), node.inner)
+        return node
+
+    return jax.tree.map(reset, opt_state, is_leaf=lambda x: isinstance(x, GatedState))
+
+
+def scan_minimize(loss_fn: Callable, params, optimizer: optax.GradientTransformation, iterations: int, *,
+                  opt_state=None, return_state: bool = False):
     """`iterations` steps of `optimizer` on `loss_fn(params) -> (loss, aux)`, as one `lax.scan`
-    with the Optax state in the carry. Returns (params, loss per iteration, aux per iteration);
-    the losses are those of the parameters before each step."""
+    with the Optax state in the carry, starting from `opt_state` (default: a fresh one). Returns
+    (params, loss per iteration, aux per iteration), and the final Optax state with
+    `return_state`; the losses are those of the parameters before each step."""
 
     def step(carry, _):
-        p, opt_state = carry
+        p, state = carry
         (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(p)
-        updates, opt_state = optimizer.update(grads, opt_state, p)
-        return (optax.apply_updates(p, updates), opt_state), (loss, aux)
+        updates, state = optimizer.update(grads, state, p)
+        return (optax.apply_updates(p, updates), state), (loss, aux)
 
-    (params, _), (losses, aux) = jax.lax.scan(step, (params, optimizer.init(params)), None, length=iterations)
+    state0 = optimizer.init(params) if opt_state is None else opt_state
+    (params, state), (losses, aux) = jax.lax.scan(step, (params, state0), None, length=iterations)
+    if return_state:
+        return params, losses, aux, state
     return params, losses, aux

@@ -3,6 +3,8 @@ per-frame state (camera, human pose, object pose, colour net) carried from frame
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -77,6 +79,27 @@ class FrameState(eqx.Module):
     """The avatar's colour-net arrays (eqx.partition of the avatar with its colour filter)."""
     object_depth0: Float[Array, ""]
     """D_O^0 of eq. 12, the reference of the depth loss."""
+    opt_state: object = None
+    """The HSI fit's Adam state after this frame, kept only when `HSIFitConfig.adam_state` is 'carry'."""
+
+
+class RasterCounts(NamedTuple):
+    """What renders needed of the rasterizer's static capacities (the largest over a fit's
+    iterations, or with leading seed/frame axes): the pairs dropped, and the exact counts that
+    `splat.grown_capacity(config, counts)` sizes a re-run from."""
+
+    overflow: jax.Array
+    max_tile_count: jax.Array
+    num_pairs: jax.Array
+
+    @classmethod
+    def of(cls, out) -> RasterCounts:
+        """The counts of one `RenderOutput`."""
+        return cls(out.overflow, out.max_tile_count, out.num_pairs)
+
+    def largest(self) -> RasterCounts:
+        """The largest of each count over every axis (a fit's iterations)."""
+        return RasterCounts(*(jnp.max(x) for x in self))
 
 
 def posed_object(obj: Gaussians | None, pose: ObjectPose) -> Gaussians | None:

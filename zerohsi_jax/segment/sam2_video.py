@@ -21,6 +21,7 @@ import numpy as np
 from jaxtyping import Bool, UInt8
 from tqdm.auto import tqdm
 
+from ..errors import UserError
 from ..io.video import read_video, write_frames_folder
 from .prompts import Prompt
 
@@ -38,7 +39,7 @@ DEFAULT_MODEL_CONFIG = "configs/sam2.1/sam2.1_hiera_t.yaml"
 CACHE_FORMAT = "zerohsi-sam2-masks-v1"
 
 
-class SAM2CheckpointError(FileNotFoundError):
+class SAM2CheckpointError(UserError, FileNotFoundError):
     """No usable SAM2 checkpoint: the message names the file to download and where to put it."""
 
 
@@ -145,8 +146,23 @@ def default_mask_cache_path(video_path: str | os.PathLike) -> Path:
 
 
 def _checkpoint_identity(path: Path, model_config: str) -> str:
-    # Name + size + config: hashing a multi-hundred-MB checkpoint on every run would cost seconds.
-    return f"{path.name}|{path.stat().st_size}|{model_config}"
+    """What the masks depend on besides frames and prompts: the checkpoint (size, modification time
+    and its first and last MiB: hashing all of a multi-hundred-MB file on every run would cost
+    seconds), the config, the sam2 version and our post-processing (this module's source)."""
+    import importlib.metadata
+
+    stat = path.stat()
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        digest.update(f.read(2**20))
+        f.seek(max(0, stat.st_size - 2**20))
+        digest.update(f.read(2**20))
+    digest.update(Path(__file__).read_bytes())
+    try:
+        version = importlib.metadata.version("sam2")
+    except importlib.metadata.PackageNotFoundError:
+        version = "unknown"
+    return f"{path.name}|{stat.st_size}|{stat.st_mtime_ns}|{digest.hexdigest()[:16]}|{model_config}|sam2 {version}"
 
 
 def mask_cache_key(frames: np.ndarray, prompts: Mapping[str, Prompt], model_identity: str) -> str:

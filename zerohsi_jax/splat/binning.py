@@ -53,6 +53,11 @@ def bin_gaussians(proj: Projected, width: int, height: int, cfg: RasterConfig = 
     Gaussians are first ordered by depth; their tile pairs are generated in that order (one
     pair per covered tile, `pair_capacity` at most) and stably sorted by tile, so each tile's run
     is front to back. The first `tile_capacity` of every run fill that tile's slots."""
+    if cfg.tile_capacity is None:
+        raise ValueError(
+            "bin_gaussians needs a tile capacity (RasterConfig.tile_capacity is None, 'measure', which only "
+            "`render` does): pass `fit_capacity(gaussians, camera, config)` or RasterConfig(tile_capacity=...)"
+        )
     n = proj.depths.shape[0]
     tiles_x, tiles_y = tile_grid(width, height, cfg.tile_size)
     num_tiles = tiles_x * tiles_y
@@ -108,8 +113,11 @@ def tile_counts(ranges, n_tiles: Int[Array, " N"], tiles_x: int, tiles_y: int) -
 
 
 def bin_gaussians_dense(proj: Projected, width: int, height: int, cfg: RasterConfig = RasterConfig()) -> TileBins:
-    """Reference twin of `bin_gaussians`: tests every (tile, Gaussian) pair, O(tiles x N) memory."""
+    """Reference twin of `bin_gaussians`: tests every (tile, Gaussian) pair, O(tiles x N) memory.
+    A tile capacity of None holds every Gaussian (nothing can overflow)."""
     n = proj.depths.shape[0]
+    if cfg.tile_capacity is None:
+        cfg = cfg.with_capacity(tile_capacity=n)
     tiles_x, tiles_y = tile_grid(width, height, cfg.tile_size)
     (x0, x1, y0, y1), n_tiles = tile_ranges(proj, width, height, cfg)
     tx = jnp.arange(tiles_x * tiles_y) % tiles_x

@@ -7,6 +7,7 @@ them is a field so that a user can match another peer (INRIA clamps alpha at 0.9
 from __future__ import annotations
 
 import dataclasses
+import numbers
 
 
 @dataclasses.dataclass(frozen=True)
@@ -15,12 +16,23 @@ class RasterConfig:
 
     tile_size: int = 16
     """Side of the square screen tiles, in pixels."""
-    tile_capacity: int = 256
-    """Most Gaussians composited per tile; extra pairs are dropped and counted in `overflow`."""
+    tile_capacity: int | None = None
+    """Most Gaussians composited per tile. None: measured on the scene by an eager `render`
+    (an error under jit/vmap/grad, where nothing can be measured: pass `fit_capacity`'s config)."""
     pair_capacity: int | None = None
-    """Most tile-Gaussian pairs per image; None means `pairs_per_gaussian * N`."""
+    """Most tile-Gaussian pairs per image. None: measured by an eager `render`; under a trace,
+    `pairs_per_gaussian * N` (a guess whose shortfall `overflow` counts)."""
     pairs_per_gaussian: float = 4.0
-    """Default pair capacity per Gaussian when `pair_capacity` is None."""
+    """Pair capacity per Gaussian when `pair_capacity` is None and cannot be measured."""
+    overflow: str = "grow"
+    """What an eager `render` does when a tile or the pair buffer is full:
+    'grow': render again with capacities that fit (warns that it did, naming them), so the image
+        never lacks a pair;
+    'drop': keep the fixed capacities and return the image without the extra pairs, counted in
+        `RenderOutput.overflow` (a fixed cost per call);
+    'error': raise `RasterOverflowError` (under jit, an `equinox.error_if` runtime error).
+    Under jit/vmap/grad, 'grow' and 'drop' both return the count; callers that can re-run
+    use `grown_capacity` (see the package docstring)."""
     chunk_size: int = 16
     """Gaussians composited per step of the per-tile loop (a speed/memory trade-off only)."""
     eps2d: float = 0.3
@@ -46,8 +58,18 @@ class RasterConfig:
     'autodiff': plain autodiff of the forward scan (the reference)."""
 
     def __post_init__(self):
-        if self.tile_size <= 0 or self.tile_capacity <= 0 or self.chunk_size <= 0:
-            raise ValueError("tile_size, tile_capacity and chunk_size must be positive")
+        if self.tile_size <= 0 or self.chunk_size <= 0:
+            raise ValueError("tile_size and chunk_size must be positive")
+        for name in ("tile_capacity", "pair_capacity"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
+                raise ValueError(f"RasterConfig.{name} must be a positive int or None (measure), got {value!r}")
+            # A NumPy integer (a measured count) would otherwise leak into reprs and saved configs.
+            object.__setattr__(self, name, int(value))
+        if self.overflow not in ("grow", "drop", "error"):
+            raise ValueError(f"RasterConfig.overflow must be 'grow', 'drop' or 'error', got {self.overflow!r}")
         if self.backward not in ("auto", "kernel", "jax", "custom", "autodiff"):
             raise ValueError(
                 f"backward must be 'auto', 'kernel', 'jax' (alias 'custom') or 'autodiff', got {self.backward!r}"

@@ -6,7 +6,7 @@ binary: the sources, the jaxlib version (whose FFI headers they include), the co
 flags and, since the CPU build uses -march=native, the CPU's instruction set extensions.
 
 Environment:
-    ZEROHSI_JAX_CACHE           cache directory (default ~/.cache/zerohsi_jax/kernels)
+    ZEROHSI_JAX_CACHE           the package's cache root (zerohsi_jax.cache); kernels go to its kernels/
     ZEROHSI_JAX_CXX             C++ compiler (default $CXX, else g++, c++ or clang++ on PATH)
     ZEROHSI_JAX_NVCC            CUDA compiler (default nvcc on PATH, else $CUDA_HOME/bin/nvcc)
     ZEROHSI_JAX_CUDA_ARCH       GPU architecture to compile for (default: that of the first GPU)
@@ -94,8 +94,10 @@ def kernel_source_dir() -> Path:
 
 
 def cache_dir() -> Path:
-    override = os.environ.get("ZEROHSI_JAX_CACHE")
-    return Path(override) if override else Path.home() / ".cache" / "zerohsi_jax" / "kernels"
+    """The `kernels` folder of the package's cache root (`zerohsi_jax.cache`)."""
+    from ..cache import cache_dir as package_cache_dir
+
+    return package_cache_dir("kernels")
 
 
 def _find_program(env_vars: list[str], defaults: list[str], what: str) -> str:
@@ -180,15 +182,20 @@ def build_plan(platform: str = "cpu", source_dir: Path | None = None) -> BuildPl
         compiler = _nvcc()
         arch = _cuda_arch()
         flags = ["-O3", f"-arch={arch}", "-std=c++17", "-shared", "-Xcompiler", "-fPIC"]
-        machine = arch
+        # nvcc compiles the host code with the system C++ compiler: it is part of the build too.
+        host = _cxx()
+        host_stat = os.stat(host)
+        machine = f"{arch}|{host}|{host_stat.st_size}|{host_stat.st_mtime_ns}"
     command = [compiler, *flags, "-isystem", include, "-I", str(source_dir), str(source_dir / main)]
 
     digest = hashlib.sha256()
     for name in (main, *headers):
-        path = source_dir / name
-        if not path.is_file():
-            raise KernelBuildError(f"kernel source {path} is missing")
-        digest.update(name.encode() + b"\0" + path.read_bytes() + b"\0")
+        if not (source_dir / name).is_file():
+            raise KernelBuildError(f"kernel source {source_dir / name} is missing")
+    # Every header beside the sources, not only the listed ones: a header newly included
+    # changes the build too.
+    for name in sorted({main, *headers, *(p.name for p in source_dir.glob("*.h"))}):
+        digest.update(name.encode() + b"\0" + (source_dir / name).read_bytes() + b"\0")
     stat = os.stat(compiler)
     for part in (
         platform,

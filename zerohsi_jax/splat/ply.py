@@ -7,13 +7,14 @@ quaternion), and f_rest is channel-major: f_rest[c * (K - 1) + (k - 1)] = sh[k, 
 
 from __future__ import annotations
 
+import itertools
 import os
 import tempfile
 from pathlib import Path
 
 import jax.numpy as jnp
 import numpy as np
-from plyfile import PlyData, PlyElement
+from plyfile import PlyData, PlyElement, PlyListProperty
 
 from .gaussians import Gaussians, sh_degree_of
 
@@ -27,12 +28,25 @@ class PlyFormatError(ValueError):
 def load_ply(path, dtype=jnp.float32) -> Gaussians:
     """Read an INRIA 3DGS `.ply` file (SH degree 0 to 3, binary or ASCII)."""
     path = Path(path)
+    if path.is_dir():
+        found = sorted(str(p.relative_to(path)) for p in itertools.islice(path.rglob("*.ply"), 3))
+        hint = f" (it holds {', '.join(found)})" if found else ""
+        raise PlyFormatError(f"{path}: is a directory, not a .ply file; give the path of the Gaussian .ply file{hint}")
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such Gaussian .ply file")
     try:
         ply = PlyData.read(str(path))
     except Exception as err:  # plyfile raises several types for a broken header or body
         raise PlyFormatError(f"{path}: not a readable PLY file ({type(err).__name__}: {err})") from None
+    extra = _rows_past_declared(path, ply)
+    if extra:
+        last = ply.elements[-1]
+        rows = "vertices" if last.name == "vertex" else f"'{last.name}' rows"
+        raise PlyFormatError(
+            f"{path}: the header declares {last.count} {rows} ('element {last.name} {last.count}') but the file "
+            f"holds {extra} more after them, which would be dropped; correct the count in the header (to "
+            f"{last.count + extra} if they are Gaussians) or cut the extra rows from the file"
+        )
     names = [e.name for e in ply.elements]
     if "vertex" not in names:
         raise PlyFormatError(f"{path}: no 'vertex' element (found {names}); a 3DGS file stores Gaussians as vertices")
@@ -80,6 +94,32 @@ def load_ply(path, dtype=jnp.float32) -> Gaussians:
     if np.any(np.linalg.norm(arrays["quats"], axis=-1) == 0):
         raise PlyFormatError(f"{path}: some rotations are the zero quaternion (rot_0..3 all 0)")
     return Gaussians(**{name: jnp.asarray(arr, dtype) for name, arr in arrays.items()})
+
+
+def _rows_past_declared(path: Path, ply: PlyData) -> int:
+    """Whole rows of the last element that follow the rows the header declares. plyfile reads
+    exactly the declared counts and ignores the rest, so a header that undercounts would
+    silently lose Gaussians."""
+    with open(path, "rb") as f:
+        head = b""
+        while b"end_header" not in head:
+            chunk = f.read(1 << 16)
+            if not chunk:
+                return 0
+            head += chunk
+        line_end = head.find(b"\n", head.index(b"end_header"))
+        if line_end < 0:
+            return 0
+        body_start = line_end + 1
+        if ply.text:
+            f.seek(body_start)
+            rows = sum(1 for line in f if line.strip())
+            return max(0, rows - sum(e.count for e in ply.elements))
+    if any(isinstance(prop, PlyListProperty) for e in ply.elements for prop in e.properties):
+        return 0  # variable-size rows: the body's length says nothing about the counts
+    row = ply.elements[-1].data.dtype.itemsize
+    declared_end = body_start + sum(e.count * e.data.dtype.itemsize for e in ply.elements)
+    return max(0, path.stat().st_size - declared_end) // row if row else 0
 
 
 def save_ply(path, gaussians: Gaussians) -> None:

@@ -47,16 +47,27 @@ class GroundTruth:
     object_poses: ObjectPose  # (T, ...)
     viewmats: np.ndarray  # (T, 4, 4)
     grasp_frame: int
+    betas: np.ndarray | None = None  # (num_betas,) the subject's shape; None: zeros
 
 
 RIGHT_MIDDLE1 = 43  # base of the right middle finger: with the wrist, it brackets the palm
 
 
-def _palm_positions(body):
+def shaped_rest_joints(body, betas=None):
+    """The rest joints of the body with shape `betas` (None: the template's)."""
+    from ..body import betas_for
+
+    coeffs = np.zeros(body.joint_shapedirs.shape[0], np.float32)
+    coeffs[: body.num_betas] = betas_for(body, betas)
+    joints = np.asarray(body.joint_template)
+    return joints + (coeffs @ np.asarray(body.joint_shapedirs)).reshape(joints.shape)
+
+
+def _palm_positions(body, betas=None):
     """Right-palm position of body poses (joints only: no skinning, cheap enough to vmap)."""
     from ..avatar.skinning import joint_transforms
 
-    joints_rest = jnp.asarray(body.joint_template)
+    joints_rest = jnp.asarray(shaped_rest_joints(body, betas))
     parents = tuple(int(p) for p in np.asarray(body.parents))
 
     def palm(body_pose, transl):
@@ -67,10 +78,10 @@ def _palm_positions(body):
     return palm
 
 
-def reach_solver(body, iterations: int = 200):
+def reach_solver(body, iterations: int = 200, betas=None):
     """A jitted, vmappable IK: (start pose, root translation, palm target) -> pose whose right
-    palm reaches the target by moving the spine and the right arm only."""
-    palm = _palm_positions(body)
+    palm reaches the target by moving the spine and the right arm only (a body of shape `betas`)."""
+    palm = _palm_positions(body, betas)
     movable = np.zeros(63, bool)
     for j in SPINE + RIGHT_ARM:
         movable[(j - 1) * 3 : j * 3] = True
@@ -101,12 +112,15 @@ def _smoothstep(x):
 
 def interaction_motion(body, num_frames: int, *, table_center, table_top: float, object_half_height: float,
                        camera_size: int, fov_y_deg: float = 55.0, variation: int | None = None,
-                       dynamic: bool = True) -> GroundTruth:
+                       dynamic: bool = True, betas=None) -> GroundTruth:
     """The demo's ground-truth motion, object poses and cameras. `variation` (a seed) moves the
     person's step and the lift target by a few centimetres: another video of the same initial
     state. `dynamic=False` reaches and touches the table beside the box, then straightens up: the
-    box stays where it is."""
-    rest = np.asarray(body().vertices)
+    box stays where it is. `betas`: the subject's shape (None: the template's)."""
+    from ..body import betas_for
+
+    shape = jnp.asarray(betas_for(body, betas))
+    rest = np.asarray(body(betas=shape).vertices)
     floor_offset = -float(rest[..., 1].min())  # translation that puts the feet on y = 0
     start_root = np.array([table_center[0] + 0.12, floor_offset, table_center[2] - 0.62], np.float32)
     end_root = start_root + np.array([0.0, 0.0, 0.08], np.float32)
@@ -119,7 +133,7 @@ def interaction_motion(body, num_frames: int, *, table_center, table_top: float,
     end_root = end_root + np.array([0.5 * jitter[0], 0.0, 0.5 * jitter[2]], np.float32)
 
     stand = standing_pose()
-    solve = reach_solver(body)
+    solve = reach_solver(body, betas=betas)
     grasp_target = object_start + np.array([0.0, object_half_height + 0.03, 0.0], np.float32)
     if not dynamic:
         grasp_target = grasp_target + np.array([jitter[0], -2 * object_half_height, -0.1 + jitter[2]], np.float32)
@@ -142,7 +156,7 @@ def interaction_motion(body, num_frames: int, *, table_center, table_top: float,
     human = HumanPose(jnp.asarray(transl, jnp.float32), jnp.asarray(global_orient), jnp.asarray(body_pose,
                                                                                                   jnp.float32))
 
-    out = body(global_orient=human.global_orient, body_pose=human.body_pose, transl=human.transl)
+    out = body(betas=shape, global_orient=human.global_orient, body_pose=human.body_pose, transl=human.transl)
     wrist = np.asarray(out.joint_transforms[:, RIGHT_ARM[-1]])
     rot = np.tile(np.eye(3, dtype=np.float32), (num_frames, 1, 1))
     trans = np.tile(object_start, (num_frames, 1))
@@ -163,7 +177,8 @@ def interaction_motion(body, num_frames: int, *, table_center, table_top: float,
         eye = target + np.array([1.9 * np.sin(angle), 0.45 + 0.1 * s, -1.9 * np.cos(angle)])
         viewmats.append(np.asarray(Camera.look_at(eye, target, width=camera_size, height=camera_size,
                                                   fov_y_deg=fov_y_deg).viewmat))
-    return GroundTruth(human=human, object_poses=objects, viewmats=np.stack(viewmats), grasp_frame=grasp_frame)
+    return GroundTruth(human=human, object_poses=objects, viewmats=np.stack(viewmats), grasp_frame=grasp_frame,
+                       betas=np.asarray(shape))
 
 
 def reach_and_lift_poses(body, num_motions: int, frames_per_motion: int = 12, *, seed: int = 0,
