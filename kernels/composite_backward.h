@@ -232,4 +232,30 @@ struct CompositeShapes {
   int64_t tile_pixels;    // P
 };
 
+// Pointers to one call's arguments and results, in the FFI signature's order
+// (composite_backward_ffi.h), shared by both drivers; each may span several batch elements.
+template <typename Real>
+struct Arguments {
+  const Real* means2d;
+  const Real* conics;
+  const Real* opacities;
+  const Real* features;
+  const Real* background;
+  const int32_t* ids;
+  const int32_t* counts;
+  const Real* pix;
+  const Real* final_trans;
+  const int32_t* stop;
+  const Real* grad_out;
+};
+
+template <typename Real>
+struct Gradients {
+  Real* means2d;
+  Real* conics;
+  Real* opacities;
+  Real* features;
+  Real* background;
+};
+
 }  // namespace zerohsi

@@ -19,30 +19,6 @@
 namespace zerohsi {
 namespace {
 
-template <typename Real>
-struct Arguments {
-  const Real* means2d;
-  const Real* conics;
-  const Real* opacities;
-  const Real* features;
-  const Real* background;
-  const int32_t* ids;
-  const int32_t* counts;
-  const Real* pix;
-  const Real* final_trans;
-  const int32_t* stop;
-  const Real* grad_out;
-};
-
-template <typename Real>
-struct Gradients {
-  Real* means2d;
-  Real* conics;
-  Real* opacities;
-  Real* features;
-  Real* background;
-};
-
 // Calls fn(worker, i) for every i in [0, n), on up to `num_threads` threads that take items
 // in turn (tiles differ widely in cost, so a static split would leave threads idle).
 template <typename Fn>

@@ -20,30 +20,6 @@ constexpr unsigned kFullMask = 0xffffffffu;
 constexpr int kWarp = 32;
 constexpr int kSharedBudget = 44 * 1024;  // under the 48 KiB every device grants without opt-in
 
-template <typename Real>
-struct Arguments {
-  const Real* means2d;
-  const Real* conics;
-  const Real* opacities;
-  const Real* features;
-  const Real* background;
-  const int32_t* ids;
-  const int32_t* counts;
-  const Real* pix;
-  const Real* final_trans;
-  const int32_t* stop;
-  const Real* grad_out;
-};
-
-template <typename Real>
-struct Gradients {
-  Real* means2d;
-  Real* conics;
-  Real* opacities;
-  Real* features;
-  Real* background;
-};
-
 __device__ __forceinline__ int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 __device__ __forceinline__ int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
 
