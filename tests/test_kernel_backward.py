@@ -1,4 +1,4 @@
-"""The compiled compositing backward (kernels/, `zerohsi_jax.splat.kernel_backward`).
+"""The compiled compositing backward (kernels/, `zerohsi_jax.splat.kernel_build` and `kernel_backward`).
 
 Its gradients must equal the pure-JAX `composite_backward` on the same residuals: random scenes,
 tiles at capacity, empty tiles, pixels that turn opaque and stop early, the alpha clamp, under
@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -21,7 +22,9 @@ import numpy as np
 import pytest
 
 from zerohsi_jax.splat import kernel_backward as kb
-from zerohsi_jax.splat.composite import _composite_forward, composite, composite_backward, tile_pixel_centers
+from zerohsi_jax.splat import kernel_build
+from zerohsi_jax.splat.composite import _composite_forward, composite, composite_backward
+from zerohsi_jax.splat.composite_step import tile_pixel_centers
 from zerohsi_jax.splat.config import RasterConfig
 
 # A small chunk keeps the pure-JAX backward quick to compile; the kernel ignores chunking.
@@ -306,24 +309,24 @@ def test_kernel_rejects_inconsistent_shapes():
 
 
 def test_cache_hit_does_not_compile(monkeypatch):
-    plan = kb.build_plan("cpu")
+    plan = kernel_build.build_plan("cpu")
     assert plan.library.is_file()  # built by the module fixture
 
     def no_compiler(*args, **kwargs):
         raise AssertionError("a cache hit must not run the compiler")
 
-    monkeypatch.setattr(kb.subprocess, "run", no_compiler)
-    assert kb.build_kernel("cpu") == plan.library
+    monkeypatch.setattr(kernel_build.subprocess, "run", no_compiler)
+    assert kernel_build.build_kernel("cpu") == plan.library
 
 
 def test_cache_key_follows_sources_and_flags(tmp_path, monkeypatch):
     src = tmp_path / "kernels"
-    shutil.copytree(kb.kernel_source_dir(), src)
-    original = kb.build_plan("cpu", src).library
+    shutil.copytree(kernel_build.kernel_source_dir(), src)
+    original = kernel_build.build_plan("cpu", src).library
     seen = {original}
 
     def assert_new_key():
-        library = kb.build_plan("cpu", src).library
+        library = kernel_build.build_plan("cpu", src).library
         assert library not in seen
         seen.add(library)
 
@@ -332,11 +335,11 @@ def test_cache_key_follows_sources_and_flags(tmp_path, monkeypatch):
     for name in ("composite_backward_cpu.cc", "composite_backward.h", "composite_backward_ffi.h"):
         (src / name).write_text((src / name).read_text() + "\n// edited\n")
         assert_new_key()
-    monkeypatch.setattr(kb.jaxlib, "__version__", kb.jaxlib.__version__ + ".post1")
+    monkeypatch.setattr(kernel_build.jaxlib, "__version__", kernel_build.jaxlib.__version__ + ".post1")
     assert_new_key()
     other_compiler = tmp_path / "bin" / "c++"
     other_compiler.parent.mkdir()
-    other_compiler.symlink_to(kb._cxx())
+    other_compiler.symlink_to(kernel_build._cxx())
     monkeypatch.setenv("ZEROHSI_JAX_CXX", str(other_compiler))
     assert_new_key()
     monkeypatch.setenv("ZEROHSI_JAX_CXXFLAGS", "-DZHSI_SOMETHING")
@@ -345,19 +348,19 @@ def test_cache_key_follows_sources_and_flags(tmp_path, monkeypatch):
 
 def test_compile_error_reports_the_compiler_output(tmp_path, monkeypatch):
     src = tmp_path / "kernels"
-    shutil.copytree(kb.kernel_source_dir(), src)
+    shutil.copytree(kernel_build.kernel_source_dir(), src)
     main = src / "composite_backward_cpu.cc"
     main.write_text("#error deliberately broken kernel\n" + main.read_text())
     monkeypatch.setenv("ZEROHSI_JAX_CACHE", str(tmp_path / "cache"))
-    with pytest.raises(kb.KernelBuildError, match="deliberately broken kernel"):
-        kb.build_kernel("cpu", source_dir=src)
+    with pytest.raises(kernel_build.KernelBuildError, match="deliberately broken kernel"):
+        kernel_build.build_kernel("cpu", source_dir=src)
     assert not list((tmp_path / "cache").rglob("*.so"))  # nothing half-built is left to load
 
 
 def test_missing_compiler_is_an_error(monkeypatch):
     monkeypatch.setenv("ZEROHSI_JAX_CXX", "/nonexistent/zerohsi-c++")
-    with pytest.raises(kb.KernelBuildError, match="zerohsi-c\\+\\+"):
-        kb.build_plan("cpu")
+    with pytest.raises(kernel_build.KernelBuildError, match="zerohsi-c\\+\\+"):
+        kernel_build.build_plan("cpu")
 
 
 _FALLBACK_SCRIPT = textwrap.dedent(
@@ -419,6 +422,71 @@ def test_missing_compiler_falls_back_with_one_warning(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
+# One-way dependencies: composite -> kernel_backward -> kernel_build, and no circle among splat's
+# modules
+
+
+def _splat_import_graph() -> dict[str, set[str]]:
+    """Each module of zerohsi_jax.splat (its package __init__ aside) -> the splat modules it
+    imports anywhere in its body, function-level imports included."""
+    import ast
+
+    package = Path(kb.__file__).parent
+    graph = {}
+    for path in sorted(package.glob("*.py")):
+        if path.stem == "__init__":
+            continue
+        targets = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                targets |= {node.module} if node.module else {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("zerohsi_jax.splat."):
+                targets.add(node.module.split(".")[2])
+        graph[path.stem] = targets
+    return graph
+
+
+def test_splat_modules_import_one_way():
+    graph = _splat_import_graph()
+    assert {"composite", "kernel_backward", "kernel_build", "reference"} <= graph.keys()
+
+    def reachable(start):
+        seen, todo = set(), [start]
+        while todo:
+            for nxt in graph.get(todo.pop(), ()):
+                if nxt not in seen:
+                    seen.add(nxt)
+                    todo.append(nxt)
+        return seen
+
+    for module in graph:
+        assert module not in reachable(module), f"import circle through zerohsi_jax.splat.{module}"
+    assert "composite" not in reachable("kernel_backward") | reachable("kernel_build")
+    assert "kernel_backward" in graph["composite"]
+
+
+def test_kernel_backward_loads_without_composite():
+    """Imported on its own (the package's __init__, which re-exports `composite`, stubbed out),
+    the kernel's module pulls in no compositing code."""
+    script = textwrap.dedent(
+        """
+        import sys, types
+        from pathlib import Path
+        import zerohsi_jax
+        stub = types.ModuleType("zerohsi_jax.splat")
+        stub.__path__ = [str(Path(zerohsi_jax.__file__).parent / "splat")]
+        sys.modules["zerohsi_jax.splat"] = stub
+        import zerohsi_jax.splat.kernel_backward
+        print(sorted(m for m in sys.modules if m.startswith("zerohsi_jax.splat.")))
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    loaded = proc.stdout.strip().splitlines()[-1]
+    assert "kernel_backward" in loaded and "composite" not in loaded, loaded
+
+
+# ---------------------------------------------------------------------------------------------
 # CUDA
 
 
@@ -434,7 +502,7 @@ def test_cuda_source_compiles(tmp_path, monkeypatch):
         pytest.skip("nvcc is not installed: the CUDA source is not compiled")
     monkeypatch.setenv("ZEROHSI_JAX_CACHE", str(tmp_path))
     monkeypatch.setenv("ZEROHSI_JAX_CUDA_ARCH", "sm_90")
-    library = kb.build_kernel("cuda")
+    library = kernel_build.build_kernel("cuda")
     assert library.is_file() and library.stat().st_size > 0
     symbols = subprocess.run(["nm", "-D", str(library)], capture_output=True, text=True).stdout
     assert "ZerohsiCompositeBackwardCuda" in symbols

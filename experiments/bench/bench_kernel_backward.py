@@ -38,7 +38,8 @@ from machine_info import machine  # noqa: E402
 
 from zerohsi_jax.splat import Camera, RasterConfig, bin_gaussians, fit_capacity, project, random_gaussians
 from zerohsi_jax.splat import kernel_backward as kb
-from zerohsi_jax.splat.composite import _composite_forward, composite, composite_backward, tile_pixel_centers
+from zerohsi_jax.splat.composite import _composite_forward, composite, composite_backward
+from zerohsi_jax.splat.composite_step import tile_pixel_centers
 
 SIZES = {"128^2": (128, 128), "256^2": (256, 256), "512^2": (512, 512)}
 

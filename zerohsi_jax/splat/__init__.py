@@ -1,8 +1,8 @@
 """Differentiable tile-based 3D Gaussian splatting in pure JAX.
 
-Data flows project -> bin -> composite; each stage has a plain twin the tests compare against
-(gsplat's torch projection, `bin_gaussians_dense`, `composite` with `backward="autodiff"`, and the
-float64 brute-force `render_reference`).
+Data flows project -> bin -> composite; each stage has a plain twin the tests compare against:
+gsplat's torch projection, and in `splat.reference` `bin_gaussians_dense`, `composite_autodiff`
+(`composite` with `backward="autodiff"`) and the float64 brute-force `render_reference`.
 
 Capacities. Binning writes tile-Gaussian pairs into buffers of static size: at most
 `tile_capacity` Gaussians per tile and `pair_capacity` pairs per image. The contract:
@@ -24,13 +24,14 @@ Capacities. Binning writes tile-Gaussian pairs into buffers of static size: at m
   `equinox.error_if` runtime error under jit.
 """
 
-from .binning import TileBins, bin_gaussians, bin_gaussians_dense
+from .binning import TileBins, bin_gaussians
 from .camera import Camera, CameraFileError
 from .composite import composite
 from .config import RasterConfig
 from .gaussians import Gaussians, eval_sh_colors, quat_to_rotmat, random_gaussians, rgb_to_sh0
 from .ply import PlyFormatError, load_ply, save_ply
 from .projection import Projected, project
+from .reference import bin_gaussians_dense
 from .render import (
     RasterOverflowError,
     RenderOutput,

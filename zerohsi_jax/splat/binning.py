@@ -52,7 +52,8 @@ def bin_gaussians(proj: Projected, width: int, height: int, cfg: RasterConfig = 
 
     Gaussians are first ordered by depth; their tile pairs are generated in that order (one
     pair per covered tile, `pair_capacity` at most) and stably sorted by tile, so each tile's run
-    is front to back. The first `tile_capacity` of every run fill that tile's slots."""
+    is front to back. The first `tile_capacity` of every run fill that tile's slots. Its plain
+    twin, which tests every (tile, Gaussian) pair, is `reference.bin_gaussians_dense`."""
     if cfg.tile_capacity is None:
         raise ValueError(
             "bin_gaussians needs a tile capacity (RasterConfig.tile_capacity is None, 'measure', which only "
@@ -110,36 +111,3 @@ def tile_counts(ranges, n_tiles: Int[Array, " N"], tiles_x: int, tiles_y: int) -
     corners = jnp.zeros((tiles_y + 1, tiles_x + 1), jnp.int32)
     corners = corners.at[y0, x0].add(w).at[y0, x1 + 1].add(-w).at[y1 + 1, x0].add(-w).at[y1 + 1, x1 + 1].add(w)
     return jnp.cumsum(jnp.cumsum(corners, axis=0), axis=1)[:tiles_y, :tiles_x].reshape(-1)
-
-
-def bin_gaussians_dense(proj: Projected, width: int, height: int, cfg: RasterConfig = RasterConfig()) -> TileBins:
-    """Reference twin of `bin_gaussians`: tests every (tile, Gaussian) pair, O(tiles x N) memory.
-    A tile capacity of None holds every Gaussian (nothing can overflow)."""
-    n = proj.depths.shape[0]
-    if cfg.tile_capacity is None:
-        cfg = cfg.with_capacity(tile_capacity=n)
-    tiles_x, tiles_y = tile_grid(width, height, cfg.tile_size)
-    (x0, x1, y0, y1), n_tiles = tile_ranges(proj, width, height, cfg)
-    tx = jnp.arange(tiles_x * tiles_y) % tiles_x
-    ty = jnp.arange(tiles_x * tiles_y) // tiles_x
-    hit = (
-        (n_tiles[None, :] > 0)
-        & (tx[:, None] >= x0[None]) & (tx[:, None] <= x1[None])
-        & (ty[:, None] >= y0[None]) & (ty[:, None] <= y1[None])
-    )  # fmt: skip
-    depth = jax.lax.stop_gradient(proj.depths)
-    key = jnp.where(hit, depth[None, :], jnp.inf)
-    order = jnp.argsort(key, axis=1, stable=True)[:, : cfg.tile_capacity]
-    run_len = hit.sum(1).astype(jnp.int32)
-    counts = jnp.minimum(run_len, cfg.tile_capacity)
-    cap = min(cfg.tile_capacity, n)
-    slots = jnp.arange(cap)
-    ids = jnp.where(slots[None, :] < counts[:, None], order, 0)
-    ids = jnp.pad(ids, ((0, 0), (0, cfg.tile_capacity - cap)))
-    return TileBins(
-        ids=ids.astype(jnp.int32),
-        counts=counts,
-        overflow=jnp.sum(jnp.maximum(run_len - cfg.tile_capacity, 0)).astype(jnp.int32),
-        max_tile_count=jnp.max(run_len),
-        num_pairs=jnp.sum(run_len),
-    )

@@ -14,100 +14,26 @@ Per pixel, exactly as gsplat 1.5.3's forward kernel:
 `composite` has a `jax.custom_vjp` whose backward walks every tile back to front from the final
 transmittance and the per-pixel stop index, recomputing alphas chunk by chunk, the scheme of the
 INRIA and gsplat backward kernels. Its inputs and residuals are plain arrays so that a compiled
-kernel can replace it. `composite_autodiff` is the same forward under plain autodiff (the
-reference the tests compare the custom backward with).
+kernel can replace it. This module chooses the backward, after `RasterConfig.backward`: the
+compiled kernel (`kernel_backward`), `composite_backward` (the same walk in pure JAX), or the
+twin `reference.composite_autodiff` (the same forward steps, `composite_step`, as a scan under
+plain autodiff; the reference the tests compare the custom backward with).
 """
 
 from __future__ import annotations
 
 import functools
+import warnings
 
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Int
 
+from . import kernel_backward
+from .composite_step import forward_chunk, gather_chunk, initial_state, slot_alpha, tile_pixel_centers, tiles_to_image
 from .config import RasterConfig
-
-
-def tile_pixel_centers(width: int, height: int, cfg: RasterConfig) -> Float[Array, "T P 2"]:
-    """Sample positions (x, y) of every pixel, grouped by tile (padding pixels included)."""
-    ts = cfg.tile_size
-    tiles_x, tiles_y = -(-width // ts), -(-height // ts)
-    local = jnp.arange(ts * ts)
-    lx, ly = local % ts, local // ts
-    t = jnp.arange(tiles_x * tiles_y)
-    px = (t % tiles_x)[:, None] * ts + lx[None, :]
-    py = (t // tiles_x)[:, None] * ts + ly[None, :]
-    return jnp.stack([px, py], -1).astype(jnp.float32) + cfg.pixel_offset
-
-
-def tiles_to_image(x: Float[Array, "T P ..."], width: int, height: int, tile_size: int) -> Float[Array, "H W ..."]:
-    tiles_x, tiles_y = -(-width // tile_size), -(-height // tile_size)
-    rest = x.shape[2:]
-    img = x.reshape((tiles_y, tiles_x, tile_size, tile_size) + rest)
-    img = jnp.moveaxis(img, 2, 1).reshape((tiles_y * tile_size, tiles_x * tile_size) + rest)
-    return img[:height, :width]
-
-
-def image_to_tiles(img: Float[Array, "H W ..."], width: int, height: int, tile_size: int) -> Float[Array, "T P ..."]:
-    tiles_x, tiles_y = -(-width // tile_size), -(-height // tile_size)
-    rest = img.shape[2:]
-    pad = ((0, tiles_y * tile_size - height), (0, tiles_x * tile_size - width)) + ((0, 0),) * len(rest)
-    img = jnp.pad(img, pad)
-    img = img.reshape((tiles_y, tile_size, tiles_x, tile_size) + rest)
-    return jnp.moveaxis(img, 2, 1).reshape((tiles_y * tiles_x, tile_size * tile_size) + rest)
-
-
-def _gather_chunk(means2d, conics, opacities, features, ids, counts, start, chunk: int):
-    """Per-tile values of the slots [start, start + chunk); slots past a tile's count get opacity 0."""
-    slot = start + jnp.arange(chunk)
-    slot_ids = jnp.take(ids, jnp.clip(slot, 0, ids.shape[1] - 1), axis=1)  # (T, B)
-    slot_valid = slot[None, :] < jnp.minimum(counts, ids.shape[1])[:, None]
-    opac = jnp.where(slot_valid, opacities[slot_ids], 0.0)
-    return slot_ids, slot_valid, means2d[slot_ids], conics[slot_ids], opac, features[slot_ids]
-
-
-def _slot_alpha(pix, mean, conic, opac, cfg: RasterConfig):
-    """sigma, o exp(-sigma) and the kept alpha of one slot at every pixel of every tile (T, P)."""
-    dx = pix[..., 0] - mean[:, None, 0]
-    dy = pix[..., 1] - mean[:, None, 1]
-    sigma = 0.5 * (conic[:, None, 0] * dx * dx + conic[:, None, 2] * dy * dy) + conic[:, None, 1] * dx * dy
-    # Clamping the exponent at 0 only changes entries that are skipped (sigma < 0) and keeps them finite.
-    vis = opac[:, None] * jnp.exp(-jnp.maximum(sigma, 0.0))
-    alpha = jnp.minimum(cfg.alpha_max, vis)
-    keep = (sigma >= 0) & (alpha >= cfg.alpha_min)
-    return dx, dy, sigma, vis, alpha, keep
-
-
-def _forward_chunk(state, start, pix, means2d, conics, opacities, features, ids, counts, cfg: RasterConfig):
-    """Composite the slots [start, start + chunk) of every tile, one slot after the other.
-
-    The slot loop is unrolled at trace time: each step is a few fused elementwise passes over the
-    (tiles, pixels) arrays, which stay in cache; `state` = (T, accumulated features, stop index, done)."""
-    trans, acc, stop, done = state
-    _, _, mean, conic, opac, feat = _gather_chunk(means2d, conics, opacities, features, ids, counts, start,
-                                                  cfg.chunk_size)
-    for j in range(cfg.chunk_size):
-        _, _, _, _, alpha, keep = _slot_alpha(pix, mean[:, j], conic[:, j], opac[:, j], cfg)
-        keep = keep & ~done
-        next_trans = trans * (1.0 - alpha)
-        fail = keep & (next_trans <= cfg.transmittance_min)
-        use = keep & ~fail
-        weight = jnp.where(use, alpha * trans, 0.0)
-        acc = acc + weight[..., None] * feat[:, None, j, :]
-        trans = jnp.where(use, next_trans, trans)
-        stop = jnp.where(fail, (start + j).astype(jnp.int32), stop)
-        done = done | fail
-    return trans, acc, stop, done
-
-
-def _initial_state(num_tiles, num_pix, channels, capacity, dtype):
-    return (
-        jnp.ones((num_tiles, num_pix), dtype),
-        jnp.zeros((num_tiles, num_pix, channels), dtype),
-        jnp.full((num_tiles, num_pix), capacity, jnp.int32),
-        jnp.zeros((num_tiles, num_pix), bool),
-    )
+from .kernel_build import kernel_platforms
+from .reference import composite_autodiff
 
 
 def _num_chunks(counts, capacity: int, cfg: RasterConfig):
@@ -146,7 +72,7 @@ def _composite_forward(means2d, conics, opacities, features, background, ids, co
     pixel of its tiles has stopped."""
     capacity = ids.shape[1]
     order, inverse, ids_s, counts_s, pix_s = _sort_tiles(ids, counts, pix)
-    state = _initial_state(pix.shape[0], pix.shape[1], features.shape[1], capacity, features.dtype)
+    state = initial_state(pix.shape[0], pix.shape[1], features.shape[1], capacity, features.dtype)
     sizes = _tile_levels(pix.shape[0])
     ends = _level_chunk_ends(counts_s, sizes, capacity, cfg)
     k = jnp.int32(0)
@@ -161,8 +87,9 @@ def _composite_forward(means2d, conics, opacities, features, background, ids, co
 
         def body(carry, level_pix=level_pix, level_ids=level_ids, level_counts=level_counts):
             k, st = carry
-            st = _forward_chunk(st, k * cfg.chunk_size, level_pix, means2d, conics, opacities, features,
-                                level_ids, level_counts, cfg)
+            st = forward_chunk(
+                st, k * cfg.chunk_size, level_pix, means2d, conics, opacities, features, level_ids, level_counts, cfg
+            )
             return k + 1, st
 
         k, part = jax.lax.while_loop(cond, body, (k, part))
@@ -185,15 +112,27 @@ def _composite_custom_fwd(means2d, conics, opacities, features, background, ids,
 
 
 def composite_backward(
-    means2d, conics, opacities, features, background, ids, counts, pix, final_trans, stop, grad_out, cfg: RasterConfig
-):
+    means2d: Float[Array, "N 2"],
+    conics: Float[Array, "N 3"],
+    opacities: Float[Array, " N"],
+    features: Float[Array, "N C"],
+    background: Float[Array, " C"],
+    ids: Int[Array, "T K"],
+    counts: Int[Array, " T"],
+    pix: Float[Array, "T P 2"],
+    final_trans: Float[Array, "T P"],
+    stop: Int[Array, "T P"],
+    grad_out: Float[Array, "T P C"],
+    cfg: RasterConfig,
+) -> tuple[Float[Array, "N 2"], Float[Array, "N 3"], Float[Array, " N"], Float[Array, "N C"], Float[Array, " C"]]:
     """Gradients of the composited tiles w.r.t. means2d, conics, opacities, features, background.
 
     Walks every tile's slots from the last to the first. A slot's transmittance is recovered
     from the one after it, T_j = T_{j+1} / (1 - alpha_j), and the colour S behind a slot (later
     slots plus the background) is carried projected on the cotangent g, one scalar per pixel:
         dL/dalpha_j = g . f_j T_j - (g . S_behind_j) / (1 - alpha_j).
-    Only slots before the pixel's stop index contribute, as in the forward."""
+    Only slots before the pixel's stop index contribute, as in the forward. Its compiled twin
+    is `kernel_backward.kernel_composite_backward` (same arguments, same results)."""
     n = means2d.shape[0]
     b = cfg.chunk_size
     capacity = ids.shape[1]
@@ -216,13 +155,13 @@ def composite_backward(
     def body(carry):
         k, t_after, grad_behind, g_mean, g_conic, g_opac, g_feat = carry
         start = k * b
-        slot_ids, slot_valid, mean, conic, opac, feat = _gather_chunk(
+        slot_ids, slot_valid, mean, conic, opac, feat = gather_chunk(
             means2d, conics, opacities, features, ids, counts, start, b
         )
         grad_feat_dot = jnp.einsum("tpc,tbc->tbp", grad_out, feat)  # g . f_j for every slot
         slot_grads = [None] * b
         for j in reversed(range(b)):
-            dx, dy, sigma, vis, alpha, keep = _slot_alpha(pix, mean[:, j], conic[:, j], opac[:, j], cfg)
+            dx, dy, sigma, vis, alpha, keep = slot_alpha(pix, mean[:, j], conic[:, j], opac[:, j], cfg)
             contrib = keep & ((start + j) < stop)
             one_minus = jnp.where(contrib, 1.0 - alpha, 1.0)
             t_j = t_after / one_minus
@@ -255,31 +194,65 @@ def composite_backward(
     return g_mean, g_conic, g_opac, g_feat, grad_background
 
 
+_warned_fallback: set[str] = set()
+"""Platforms whose fallback to the pure-JAX backward was already reported (once per process)."""
+
+
+def _warn_fallback(platform: str) -> None:
+    if platform in _warned_fallback:
+        return
+    _warned_fallback.add(platform)
+    warnings.warn(
+        f"zerohsi_jax: the compiled compositing backward is unavailable on {platform}, so the "
+        f"pure-JAX backward is used there (the same gradients up to rounding, slower). Set "
+        f"RasterConfig(backward='jax') to silence this. Reason: {kernel_backward.kernel_status(platform)}",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+
+
+def _compiled_backward(args, cfg: RasterConfig):
+    """The backward `RasterConfig.backward` = 'auto' or 'kernel' selects: the kernel on each
+    platform where it is built, the pure-JAX `composite_backward` on the others. The choice is
+    made when XLA lowers for a platform, so one traced function serves CPU and GPU."""
+    platforms = kernel_platforms()
+    built = {p: kernel_backward.load_kernel(p) for p in platforms}
+    if cfg.backward == "kernel":
+        wanted = "cuda" if jax.default_backend() == "gpu" else "cpu"
+        if not built.get(wanted, False):
+            raise kernel_backward.KernelUnavailableError(
+                f"RasterConfig(backward='kernel') but the kernel is unavailable on {wanted}: "
+                f"{kernel_backward.kernel_status(wanted)}. Use backward='auto' to fall back to the pure-JAX "
+                f"backward."
+            )
+    else:
+        for p in platforms:
+            if not built[p]:
+                _warn_fallback(p)
+
+    def with_kernel(*a):
+        return kernel_backward.kernel_composite_backward(*a, cfg)
+
+    def with_jax(*a):
+        return composite_backward(*a, cfg)
+
+    branches = {p: with_kernel for p in platforms if built[p]}
+    if not branches:
+        return with_jax(*args)
+    return jax.lax.platform_dependent(*args, **branches, default=with_jax)
+
+
 def _composite_custom_bwd(cfg, residuals, grad_out):
     means2d, conics, opacities, features, background, ids, counts, pix, trans, stop = residuals
     args = (means2d, conics, opacities, features, background, ids, counts, pix, trans, stop, grad_out)
     if cfg.backward in ("jax", "custom"):
         grads = composite_backward(*args, cfg)
     else:  # 'auto' or 'kernel': the compiled backward where it is built
-        from .kernel_backward import composite_backward_compiled
-
-        grads = composite_backward_compiled(*args, cfg)
+        grads = _compiled_backward(args, cfg)
     return (*grads, None, None, None)
 
 
 _composite_custom.defvjp(_composite_custom_fwd, _composite_custom_bwd)
-
-
-def _composite_scan(means2d, conics, opacities, features, background, ids, counts, pix, cfg: RasterConfig):
-    """The forward as a fixed-length scan over every chunk: plain autodiff stores each chunk."""
-    init = _initial_state(pix.shape[0], pix.shape[1], features.shape[1], ids.shape[1], features.dtype)
-    starts = jnp.arange(0, ids.shape[1], cfg.chunk_size, dtype=jnp.int32)
-
-    def step(state, start):
-        return _forward_chunk(state, start, pix, means2d, conics, opacities, features, ids, counts, cfg), None
-
-    (trans, acc, _, _), _ = jax.lax.scan(step, init, starts)
-    return acc + trans[:, :, None] * background
 
 
 def composite(
@@ -294,9 +267,12 @@ def composite(
     height: int,
     cfg: RasterConfig = RasterConfig(),
 ) -> Float[Array, "H W C"]:
-    """Composite `features` (any channels) of the binned Gaussians over `background`."""
+    """Composite `features` (any channels) of the binned Gaussians over `background`.
+
+    Differentiated after `cfg.backward` (see `RasterConfig`); its plain twin is
+    `reference.composite_autodiff`, which `backward="autodiff"` selects."""
     pix = tile_pixel_centers(width, height, cfg).astype(features.dtype)
     background = jnp.broadcast_to(background, features.shape[1:]).astype(features.dtype)
-    fn = _composite_scan if cfg.backward == "autodiff" else _composite_custom
+    fn = composite_autodiff if cfg.backward == "autodiff" else _composite_custom
     tiles = fn(means2d, conics, opacities, features, background, ids, counts, pix, cfg)
     return tiles_to_image(tiles, width, height, cfg.tile_size)

@@ -8,14 +8,13 @@ quaternion), and f_rest is channel-major: f_rest[c * (K - 1) + (k - 1)] = sh[k, 
 from __future__ import annotations
 
 import itertools
-import os
-import tempfile
 from pathlib import Path
 
 import jax.numpy as jnp
 import numpy as np
 from plyfile import PlyData, PlyElement, PlyListProperty
 
+from ..files import atomic_write
 from .gaussians import Gaussians, sh_degree_of
 
 _REST_COUNTS = {0: 0, 9: 1, 24: 2, 45: 3}  # f_rest properties -> SH degree
@@ -149,12 +148,4 @@ def save_ply(path, gaussians: Gaussians) -> None:
     data = np.empty(n, dtype=[(name, "f4") for name in cols])
     for name, values in cols.items():
         data[name] = np.asarray(values, np.float32)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".part", dir=path.parent)
-    os.close(fd)
-    try:
-        PlyData([PlyElement.describe(data, "vertex")]).write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, PlyData([PlyElement.describe(data, "vertex")]).write)

@@ -1,17 +1,86 @@
-"""Brute-force float64 reference renderer in NumPy: every Gaussian at every pixel, front to back.
+"""The plain twins of the rasterizer's fast stages, which the tests compare them with.
 
-The reference twin of `render` (projection, SH colour and compositing written out plainly). No
-tiles, no extents, no capacities: anything the fast path drops or clips shows up as a difference.
-Cost O(N x H x W); meant for tests on small scenes.
+- `bin_gaussians_dense`, twin of `binning.bin_gaussians`: tests every (tile, Gaussian) pair,
+  O(tiles x N) memory, no pair capacity.
+- `composite_autodiff`, twin of `composite.composite`'s custom backward: the same forward steps
+  (`composite_step`) as a fixed-length scan over every chunk, differentiated by plain autodiff
+  (`RasterConfig(backward="autodiff")` selects it).
+- `render_reference`, twin of `render.render`: a brute-force float64 renderer in NumPy, every
+  Gaussian at every pixel, front to back (projection, SH colour and compositing written out
+  plainly). No tiles, no extents, no capacities: anything the fast path drops or clips shows up
+  as a difference. Cost O(N x H x W); meant for tests on small scenes.
 """
 
 from __future__ import annotations
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+from jaxtyping import Array, Float, Int
 
+from .binning import TileBins, tile_grid, tile_ranges
 from .camera import Camera
+from .composite_step import forward_chunk, initial_state
 from .config import RasterConfig
 from .gaussians import SH_C0, SH_C1, SH_C2, SH_C3, Gaussians
+from .projection import Projected
+
+
+def bin_gaussians_dense(proj: Projected, width: int, height: int, cfg: RasterConfig = RasterConfig()) -> TileBins:
+    """Plain twin of `binning.bin_gaussians`: tests every (tile, Gaussian) pair, O(tiles x N)
+    memory. A tile capacity of None holds every Gaussian (nothing can overflow)."""
+    n = proj.depths.shape[0]
+    if cfg.tile_capacity is None:
+        cfg = cfg.with_capacity(tile_capacity=n)
+    tiles_x, tiles_y = tile_grid(width, height, cfg.tile_size)
+    (x0, x1, y0, y1), n_tiles = tile_ranges(proj, width, height, cfg)
+    tx = jnp.arange(tiles_x * tiles_y) % tiles_x
+    ty = jnp.arange(tiles_x * tiles_y) // tiles_x
+    hit = (
+        (n_tiles[None, :] > 0)
+        & (tx[:, None] >= x0[None]) & (tx[:, None] <= x1[None])
+        & (ty[:, None] >= y0[None]) & (ty[:, None] <= y1[None])
+    )  # fmt: skip
+    depth = jax.lax.stop_gradient(proj.depths)
+    key = jnp.where(hit, depth[None, :], jnp.inf)
+    order = jnp.argsort(key, axis=1, stable=True)[:, : cfg.tile_capacity]
+    run_len = hit.sum(1).astype(jnp.int32)
+    counts = jnp.minimum(run_len, cfg.tile_capacity)
+    cap = min(cfg.tile_capacity, n)
+    slots = jnp.arange(cap)
+    ids = jnp.where(slots[None, :] < counts[:, None], order, 0)
+    ids = jnp.pad(ids, ((0, 0), (0, cfg.tile_capacity - cap)))
+    return TileBins(
+        ids=ids.astype(jnp.int32),
+        counts=counts,
+        overflow=jnp.sum(jnp.maximum(run_len - cfg.tile_capacity, 0)).astype(jnp.int32),
+        max_tile_count=jnp.max(run_len),
+        num_pairs=jnp.sum(run_len),
+    )
+
+
+def composite_autodiff(
+    means2d: Float[Array, "N 2"],
+    conics: Float[Array, "N 3"],
+    opacities: Float[Array, " N"],
+    features: Float[Array, "N C"],
+    background: Float[Array, " C"],
+    ids: Int[Array, "T K"],
+    counts: Int[Array, " T"],
+    pix: Float[Array, "T P 2"],
+    cfg: RasterConfig,
+) -> Float[Array, "T P C"]:
+    """Plain twin of `composite.composite` (per tile, before `tiles_to_image`): the forward as a
+    fixed-length scan over every chunk, so plain autodiff stores each chunk instead of recomputing
+    back to front as the custom backward and its compiled twin do."""
+    init = initial_state(pix.shape[0], pix.shape[1], features.shape[1], ids.shape[1], features.dtype)
+    starts = jnp.arange(0, ids.shape[1], cfg.chunk_size, dtype=jnp.int32)
+
+    def step(state, start):
+        return forward_chunk(state, start, pix, means2d, conics, opacities, features, ids, counts, cfg), None
+
+    (trans, acc, _, _), _ = jax.lax.scan(step, init, starts)
+    return acc + trans[:, :, None] * background
 
 
 def _quat_to_rotmat(q):
@@ -57,8 +126,8 @@ def _sh_color(sh, dirs):
 
 def render_reference(g: Gaussians, cam: Camera, background=None, cfg: RasterConfig = RasterConfig(),
                      num_groups: int = 0) -> dict[str, np.ndarray]:
-    """Returns rgb (H, W, 3), depth_accum, alpha (H, W), features (H, W, E) if any, and group
-    masks (H, W, G) if `num_groups`, all float64."""
+    """Plain twin of `render.render`. Returns rgb (H, W, 3), depth_accum, alpha (H, W), features
+    (H, W, E) if any, and group masks (H, W, G) if `num_groups`, all float64."""
     f64 = lambda a: np.asarray(a, np.float64)  # noqa: E731
     means, quats, log_scales = f64(g.means), f64(g.quats), f64(g.log_scales)
     opac = 1.0 / (1.0 + np.exp(-f64(g.opacity_logits)))

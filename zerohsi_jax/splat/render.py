@@ -72,7 +72,7 @@ def render(
     'error' raises `RasterOverflowError`). Under jit, vmap or grad (`num_groups` and `config`
     static), capacities are array shapes and must be given (`fit_capacity`); the result's
     `overflow` counts what was dropped and `grown_capacity(config, out)` gives capacities for a
-    re-run."""
+    re-run. Its plain twin is the float64 brute force `reference.render_reference`."""
     if _tracing(gaussians, camera, background):
         if config.tile_capacity is None:
             raise ValueError(_TRACED_WITHOUT_CAPACITY)
