@@ -29,10 +29,8 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Int
 
-from . import kernel_backward
 from .composite_step import forward_chunk, gather_chunk, initial_state, slot_alpha, tile_pixel_centers, tiles_to_image
 from .config import RasterConfig
-from .kernel_build import kernel_platforms
 from .reference import composite_autodiff
 
 
@@ -198,14 +196,14 @@ _warned_fallback: set[str] = set()
 """Platforms whose fallback to the pure-JAX backward was already reported (once per process)."""
 
 
-def _warn_fallback(platform: str) -> None:
+def _warn_fallback(platform: str, reason: str) -> None:
     if platform in _warned_fallback:
         return
     _warned_fallback.add(platform)
     warnings.warn(
         f"zerohsi_jax: the compiled compositing backward is unavailable on {platform}, so the "
         f"pure-JAX backward is used there (the same gradients up to rounding, slower). Set "
-        f"RasterConfig(backward='jax') to silence this. Reason: {kernel_backward.kernel_status(platform)}",
+        f"RasterConfig(backward='jax') to silence this. Reason: {reason}",
         RuntimeWarning,
         stacklevel=3,
     )
@@ -215,6 +213,12 @@ def _compiled_backward(args, cfg: RasterConfig):
     """The backward `RasterConfig.backward` = 'auto' or 'kernel' selects: the kernel on each
     platform where it is built, the pure-JAX `composite_backward` on the others. The choice is
     made when XLA lowers for a platform, so one traced function serves CPU and GPU."""
+    # Imported at the first trace of this backward rather than with the package: importing
+    # zerohsi_jax.splat then loads no compiler machinery, and `python -m ...kernel_backward build`
+    # runs its module as __main__ without a copy of it already imported.
+    from . import kernel_backward
+    from .kernel_build import kernel_platforms
+
     platforms = kernel_platforms()
     built = {p: kernel_backward.load_kernel(p) for p in platforms}
     if cfg.backward == "kernel":
@@ -228,7 +232,7 @@ def _compiled_backward(args, cfg: RasterConfig):
     else:
         for p in platforms:
             if not built[p]:
-                _warn_fallback(p)
+                _warn_fallback(p, kernel_backward.kernel_status(p))
 
     def with_kernel(*a):
         return kernel_backward.kernel_composite_backward(*a, cfg)
