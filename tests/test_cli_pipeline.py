@@ -65,7 +65,7 @@ def files(tmp_path_factory, tiny_demo):
     np.save(root / "estimates.npy", noisy_estimates(np.asarray(demo.truth.human.body_pose), 0.05, 3))
     np.save(root / "body_pose0.npy", np.asarray(demo.truth.human.body_pose[0]))
     h, o = demo.initial.human, demo.initial.object_pose
-    from zerohsi_jax.body import matrix_to_axis_angle
+    from zerohsi_jax.geometry import matrix_to_axis_angle
 
     cfg = {
         "scene": {"ply": "scene.ply"},

@@ -28,7 +28,7 @@ def _params(rng, betas):
 
 
 def _viewmats(rng):
-    from zerohsi_jax.body import axis_angle_to_matrix
+    from zerohsi_jax.geometry import axis_angle_to_matrix
 
     out = np.tile(np.eye(4), (T, 1, 1))
     out[:, :3, :3] = np.asarray(axis_angle_to_matrix((0.2 * rng.standard_normal((T, 3))).astype(np.float32)))

@@ -14,8 +14,9 @@ import pytest
 # missing scipy cannot hide the encoder checks that follow the decoder's.
 from scipy.spatial.transform import Rotation
 
-from zerohsi_jax.body import VPoser, VPoserFileNotFoundError, axis_angle_to_matrix, random_vposer
+from zerohsi_jax.body import VPoser, VPoserFileNotFoundError, random_vposer
 from zerohsi_jax.body.vposer import random_state_dict
+from zerohsi_jax.geometry import axis_angle_to_matrix
 
 # ------------------------------------------------------------------------------------ Torch side
 

@@ -336,7 +336,7 @@ def continue_command(run_dir, *, video: str | None = None, masks: str | None = N
 
 
 def _continue_into(run_dir, nxt, cfg, params, objects, viewmats, video, masks, pose_estimates, seed, resume):
-    from .body import matrix_to_axis_angle
+    from .geometry import matrix_to_axis_angle
     from .reconstruct.run_files import atomic_write, save_json
 
     atomic_write(nxt / "initial_body_pose.npy", lambda tmp: np.save(tmp, params["body_pose"][-1]))

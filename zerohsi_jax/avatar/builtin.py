@@ -24,9 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from zerohsi_jax.splat.gaussians import rotmat_to_quat
-
-from ..body.rotations import axis_angle_to_matrix
+from ..geometry import axis_angle_to_matrix, matrix_to_quaternion
 from .layers import ViewDirNet
 from .model import AnimatableAvatar, make_template
 from .skinning import CANONICAL_BODY_POSE, full_pose, joint_transforms
@@ -243,7 +241,7 @@ def frames_to_quats(normals: np.ndarray) -> np.ndarray:
     t1 = np.cross(helper, normals)
     t1 /= np.linalg.norm(t1, axis=-1, keepdims=True)
     t2 = np.cross(normals, t1)
-    return np.asarray(jax.jit(rotmat_to_quat)(jnp.asarray(np.stack([t1, t2, normals], -1), jnp.float32)))
+    return np.asarray(jax.jit(matrix_to_quaternion)(jnp.asarray(np.stack([t1, t2, normals], -1), jnp.float32)))
 
 
 def garment_colors(points, weights, normals, joints, rng) -> np.ndarray:
