@@ -27,7 +27,8 @@ CANO = jnp.asarray(CANONICAL_BODY_POSE.reshape(-1))
 
 @pytest.fixture(scope="module")
 def body():
-    from zerohsi_jax.body import SMPLX, synthetic_smplx_path
+    from zerohsi_jax.body import SMPLX
+    from zerohsi_jax.synthetic import synthetic_smplx_path
 
     return SMPLX.load(synthetic_smplx_path(), num_betas=10, use_pca=False, flat_hand_mean=True)
 
@@ -97,7 +98,7 @@ def test_joint_transforms_match_the_body_model(avatar, body):
 def test_canonical_body_from_file_matches_the_body_model(body):
     """The built-in avatar's numpy canonical mesh (used for model files) = the body's forward."""
     from zerohsi_jax.avatar.builtin import canonical_body, canonical_body_from_model, load_model_arrays
-    from zerohsi_jax.body import synthetic_smplx_path
+    from zerohsi_jax.synthetic import synthetic_smplx_path
 
     betas = np.array([0.5, -0.3, 0, 0, 0.2, 0, 0, 0, 0, 0])
     ours = canonical_body(load_model_arrays(synthetic_smplx_path()), betas)

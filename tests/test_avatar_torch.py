@@ -117,8 +117,8 @@ def test_converter_roundtrip(tmp_path):
     from zerohsi_jax.avatar import load_avatar
     from zerohsi_jax.avatar.builtin import canonical_body, canonical_maps, load_model_arrays
     from zerohsi_jax.avatar.io import AvatarFileError
-    from zerohsi_jax.body import synthetic_smplx_path
     from zerohsi_jax.geometry import rigid
+    from zerohsi_jax.synthetic import synthetic_smplx_path
 
     torch.manual_seed(0)
     nets = AvatarNets(**SMALL, viewdir_hidden=8)

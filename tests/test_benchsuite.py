@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 from zerohsi_jax.benchsuite import SUITES, VARIANTS, format_tables, instance_metrics
-from zerohsi_jax.demo import noisy_estimates
 from zerohsi_jax.reconstruct import (
     CameraTrackingConfig,
     HSIFitConfig,
@@ -17,6 +16,7 @@ from zerohsi_jax.reconstruct import (
     RefineConfig,
     reconstruct,
 )
+from zerohsi_jax.synthetic.instances import noisy_estimates
 
 CFG = ReconstructConfig(
     camera=CameraTrackingConfig(iterations=3),

@@ -12,10 +12,10 @@ import pytest
 import yaml
 
 from zerohsi_jax.cli import main
-from zerohsi_jax.demo import noisy_estimates
 from zerohsi_jax.io import write_video
 from zerohsi_jax.run_config import ConfigError, RunConfig, example_config, load_run_config
 from zerohsi_jax.splat import save_ply
+from zerohsi_jax.synthetic.instances import noisy_estimates
 
 
 def test_example_config_loads_back_to_the_defaults(tmp_path):

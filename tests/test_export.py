@@ -91,7 +91,8 @@ def test_amass_file_drives_smplx_to_our_vertices(run, tmp_path):
     import smplx
     import torch
 
-    from zerohsi_jax.body import SMPLX, synthetic_smplx_path
+    from zerohsi_jax.body import SMPLX
+    from zerohsi_jax.synthetic import synthetic_smplx_path
 
     run_dir, truth, betas = run
     assert np.abs(betas).max() > 0.1

@@ -5,7 +5,7 @@ import pytest
 
 from zerohsi_jax.body import EXTRA_VERTEX_IDS, JOINT_NAMES, PARENTS
 from zerohsi_jax.body.joint_names import EXTRA_VERTEX_JOINTS
-from zerohsi_jax.body.synthetic import build_synthetic_smplx, synthetic_smplx_path, write_synthetic_smplx
+from zerohsi_jax.synthetic import build_synthetic_smplx, synthetic_smplx_path, write_synthetic_smplx
 
 J = {name: i for i, name in enumerate(JOINT_NAMES)}
 

@@ -329,7 +329,8 @@ def test_state_dict_errors_name_the_key():
 
 @pytest.fixture(scope="module")
 def synthetic_body():
-    from zerohsi_jax.body import SMPLX, synthetic_smplx_path
+    from zerohsi_jax.body import SMPLX
+    from zerohsi_jax.synthetic import synthetic_smplx_path
 
     return SMPLX.load(synthetic_smplx_path(), num_betas=10, use_pca=False, flat_hand_mean=True)
 

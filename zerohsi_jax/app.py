@@ -55,7 +55,9 @@ def load_assets(cfg: RunConfig, *, render_size=None) -> Assets:
     pose prior are built."""
     import jax.numpy as jnp
 
-    from .body import SMPLX, VPoser, axis_angle_to_matrix, synthetic_smplx_path
+    from .body import SMPLX, VPoser
+    from .geometry import axis_angle_to_matrix
+    from .synthetic import synthetic_smplx_path
     from .reconstruct import HumanPose, InitialState, ObjectPose
     from .splat import Camera, load_ply
 

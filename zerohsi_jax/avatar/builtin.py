@@ -301,7 +301,7 @@ def builtin_avatar(
     """The built-in avatar on an SMPL-X body.
 
     `smplx_model`: a `zerohsi_jax.body.SMPLX`, or the path of an SMPL-X `.npz` (official
-    layout); None uses the synthetic body (`zerohsi_jax.body.synthetic`).
+    layout); None uses the synthetic body (`zerohsi_jax.synthetic.synthetic_smplx_path`).
     `size`: 'small' (map 128, ~12k Gaussians, the demo's), 'medium' (map 256, ~30k) or 'tiny'
     (map 64, ~4k, for quick tests). `key_or_seed` seeds the networks' weights and the surface sampling."""
     if size not in SIZES:
@@ -313,7 +313,7 @@ def builtin_avatar(
     seed = int(jax.random.randint(key, (), 0, 2**31 - 1))
     rng = np.random.default_rng(seed)
     if smplx_model is None:
-        from zerohsi_jax.body.synthetic import synthetic_smplx_path
+        from zerohsi_jax.synthetic.body_model_file import synthetic_smplx_path
 
         smplx_model = synthetic_smplx_path()
     betas = np.zeros(10, np.float32) if betas is None else np.asarray(betas, np.float32)

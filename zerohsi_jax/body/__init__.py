@@ -25,7 +25,6 @@ from .smplx_model import (
     foot_vertex_ids,
     hand_vertex_ids,
 )
-from .synthetic import build_synthetic_smplx, synthetic_smplx_path, write_synthetic_smplx
 from .vposer import VPoser, VPoserDecoded, VPoserFileNotFoundError, random_vposer
 
 __all__ = [
@@ -43,10 +42,7 @@ __all__ = [
     "VPoserDecoded",
     "VPoserFileNotFoundError",
     "betas_for",
-    "build_synthetic_smplx",
     "foot_vertex_ids",
     "hand_vertex_ids",
     "random_vposer",
-    "synthetic_smplx_path",
-    "write_synthetic_smplx",
 ]
