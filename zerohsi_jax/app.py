@@ -57,9 +57,9 @@ def load_assets(cfg: RunConfig, *, render_size=None) -> Assets:
 
     from .body import SMPLX, VPoser
     from .geometry import axis_angle_to_matrix
-    from .synthetic import synthetic_smplx_path
     from .reconstruct import HumanPose, InitialState, ObjectPose
     from .splat import Camera, load_ply
+    from .synthetic import synthetic_smplx_path
 
     camera = Camera.load_json(_require(cfg.path(cfg.camera), "camera file", "set camera in the config"))
     size = render_size or cfg.render_size
