@@ -14,9 +14,9 @@ import dataclasses
 import jax.numpy as jnp
 import numpy as np
 
-from zerohsi_jax.demo import build_demo_scene, noisy_estimates
 from zerohsi_jax.metrics import ground_truth_errors
 from zerohsi_jax.reconstruct import Observations, losses, quick_schedule, reconstruct
+from zerohsi_jax.synthetic.instances import build_demo_scene, noisy_estimates
 
 
 def feet_on_floor(body, floor_height: float = 0.0):

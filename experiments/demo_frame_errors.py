@@ -19,9 +19,9 @@ import jax.numpy as jnp
 import numpy as np
 
 import zerohsi_jax.reconstruct.pipeline as pipeline
-from zerohsi_jax.demo import build_demo_scene, noisy_estimates
 from zerohsi_jax.metrics.ground_truth import ground_truth_errors, per_frame_joint_errors_mm
 from zerohsi_jax.reconstruct import Observations, quick_schedule, reconstruct
+from zerohsi_jax.synthetic.instances import build_demo_scene, noisy_estimates
 
 ROWS = ("default", "true-camera", "no-colour", "exact", "paper-hsi", "carry", "camera-pivot")
 

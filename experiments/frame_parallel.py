@@ -18,9 +18,9 @@ from pathlib import Path
 import jax.numpy as jnp
 import numpy as np
 
-from zerohsi_jax.demo import build_demo_scene, noisy_estimates
 from zerohsi_jax.metrics import ground_truth_errors
 from zerohsi_jax.reconstruct import Observations, quick_schedule, reconstruct
+from zerohsi_jax.synthetic.instances import build_demo_scene, noisy_estimates
 
 sys.path.insert(0, str(Path(__file__).parent / "bench"))
 from machine_info import machine  # noqa: E402

@@ -196,7 +196,7 @@ def x64():
 def tiny_demo():
     """The demo problem at its smallest (3 frames at 40x40, a 600-Gaussian avatar): shared by the
     pipeline tests so that its assets are built and its programs compiled once per session."""
-    from zerohsi_jax.demo import build_demo_scene
+    from zerohsi_jax.synthetic.instances import build_demo_scene
 
     return build_demo_scene(3, 40, avatar_gaussians=600, avatar_size="tiny", room_spacing=0.3, object_spacing=0.07)
 

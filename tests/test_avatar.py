@@ -18,15 +18,17 @@ from zerohsi_jax.avatar.io import AvatarFileError
 from zerohsi_jax.avatar.skinning import CANONICAL_BODY_POSE
 from zerohsi_jax.avatar.statedict import expected_shapes
 from zerohsi_jax.avatar.styleunet import DualStyleUNet
+from zerohsi_jax.geometry import quaternion_to_matrix
 from zerohsi_jax.splat import Camera, fit_capacity, render
-from zerohsi_jax.splat.gaussians import SH_C0, quat_to_rotmat
+from zerohsi_jax.splat.gaussians import SH_C0
 
 CANO = jnp.asarray(CANONICAL_BODY_POSE.reshape(-1))
 
 
 @pytest.fixture(scope="module")
 def body():
-    from zerohsi_jax.body import SMPLX, synthetic_smplx_path
+    from zerohsi_jax.body import SMPLX
+    from zerohsi_jax.synthetic import synthetic_smplx_path
 
     return SMPLX.load(synthetic_smplx_path(), num_betas=10, use_pca=False, flat_hand_mean=True)
 
@@ -63,7 +65,7 @@ def test_canonical_pose_returns_template_and_root_is_rigid(avatar):
     cam = jnp.array([0.0, 0.0, 3.0])
     g = forward(avatar, jnp.zeros(3), CANO, jnp.zeros(3), cam)
     np.testing.assert_allclose(g.means, t.cano_means, atol=2e-6)
-    np.testing.assert_allclose(quat_to_rotmat(g.quats), quat_to_rotmat(t.base_quats), atol=2e-6)
+    np.testing.assert_allclose(quaternion_to_matrix(g.quats), quaternion_to_matrix(t.base_quats), atol=2e-6)
     np.testing.assert_allclose(g.log_scales, t.base_log_scales, atol=1e-6)
     np.testing.assert_allclose(g.opacity_logits, t.base_opacity_logits, atol=1e-6)
     # The built-in networks start at 'no change', so the colours are the template's exactly.
@@ -73,14 +75,14 @@ def test_canonical_pose_returns_template_and_root_is_rigid(avatar):
     phi = jnp.array([0.3, -1.1, 0.4])
     r = jnp.array([0.5, 0.2, -1.0])
     g2 = forward(avatar, phi, CANO, r, cam)
-    from zerohsi_jax.avatar.skinning import axis_angle_to_matrix
+    from zerohsi_jax.geometry import axis_angle_to_matrix
 
     rot = np.asarray(axis_angle_to_matrix(phi))
     j0 = np.asarray(t.joints_rest[0])
     want = (np.asarray(t.cano_means) - j0) @ rot.T + j0 + np.asarray(r)
     np.testing.assert_allclose(g2.means, want, atol=1e-5)
     np.testing.assert_allclose(
-        quat_to_rotmat(g2.quats), rot @ np.asarray(quat_to_rotmat(t.base_quats)), atol=1e-5
+        quaternion_to_matrix(g2.quats), rot @ np.asarray(quaternion_to_matrix(t.base_quats)), atol=1e-5
     )
 
 
@@ -96,7 +98,7 @@ def test_joint_transforms_match_the_body_model(avatar, body):
 def test_canonical_body_from_file_matches_the_body_model(body):
     """The built-in avatar's numpy canonical mesh (used for model files) = the body's forward."""
     from zerohsi_jax.avatar.builtin import canonical_body, canonical_body_from_model, load_model_arrays
-    from zerohsi_jax.body import synthetic_smplx_path
+    from zerohsi_jax.synthetic import synthetic_smplx_path
 
     betas = np.array([0.5, -0.3, 0, 0, 0.2, 0, 0, 0, 0, 0])
     ours = canonical_body(load_model_arrays(synthetic_smplx_path()), betas)

@@ -117,8 +117,8 @@ def test_converter_roundtrip(tmp_path):
     from zerohsi_jax.avatar import load_avatar
     from zerohsi_jax.avatar.builtin import canonical_body, canonical_maps, load_model_arrays
     from zerohsi_jax.avatar.io import AvatarFileError
-    from zerohsi_jax.avatar.skinning import homogeneous
-    from zerohsi_jax.body import synthetic_smplx_path
+    from zerohsi_jax.geometry import rigid
+    from zerohsi_jax.synthetic import synthetic_smplx_path
 
     torch.manual_seed(0)
     nets = AvatarNets(**SMALL, viewdir_hidden=8)
@@ -169,7 +169,7 @@ def test_converter_roundtrip(tmp_path):
     cam = jnp.array([0.5, 0.3, 2.5])
     gaussians, aux = eqx.filter_jit(lambda a, *x: a(*x, return_aux=True))(avatar, go, bp, tr, cam)
     _, _, cano2live, rot, trans = avatar.skeleton(go, bp, tr)
-    with_root = homogeneous(rot, trans) @ cano2live
+    with_root = rigid(rot, trans) @ cano2live
     t = lambda x: torch.from_numpy(np.array(x, np.float32))  # noqa: E731
     ref = official_gaussians(nets, t(pos_map), t(nml_map), t(w[order]), t(cano2live), t(with_root), t(cam))
 

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 from zerohsi_jax.benchsuite import SUITES, VARIANTS, format_tables, instance_metrics
-from zerohsi_jax.demo import noisy_estimates
 from zerohsi_jax.reconstruct import (
     CameraTrackingConfig,
     HSIFitConfig,
@@ -17,6 +16,7 @@ from zerohsi_jax.reconstruct import (
     RefineConfig,
     reconstruct,
 )
+from zerohsi_jax.synthetic.instances import noisy_estimates
 
 CFG = ReconstructConfig(
     camera=CameraTrackingConfig(iterations=3),
@@ -68,7 +68,7 @@ def test_scores_return_known_perturbations(tiny_demo, tmp_path):
     root and joint error, one seed 0.1 m away from the other is a diversity of 0.1 m, a camera turned
     by 5 degrees is 5 degrees, the object 0.1 m off is 100 mm. The paper's protocol scores the
     stage-2 poses; 'refined' scores the refined ones."""
-    from zerohsi_jax.body import axis_angle_to_matrix
+    from zerohsi_jax.geometry import axis_angle_to_matrix
 
     demo = tiny_demo
     truth = demo.truth

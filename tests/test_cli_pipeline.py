@@ -12,10 +12,10 @@ import pytest
 import yaml
 
 from zerohsi_jax.cli import main
-from zerohsi_jax.demo import noisy_estimates
 from zerohsi_jax.io import write_video
 from zerohsi_jax.run_config import ConfigError, RunConfig, example_config, load_run_config
 from zerohsi_jax.splat import save_ply
+from zerohsi_jax.synthetic.instances import noisy_estimates
 
 
 def test_example_config_loads_back_to_the_defaults(tmp_path):
@@ -65,7 +65,7 @@ def files(tmp_path_factory, tiny_demo):
     np.save(root / "estimates.npy", noisy_estimates(np.asarray(demo.truth.human.body_pose), 0.05, 3))
     np.save(root / "body_pose0.npy", np.asarray(demo.truth.human.body_pose[0]))
     h, o = demo.initial.human, demo.initial.object_pose
-    from zerohsi_jax.body import matrix_to_axis_angle
+    from zerohsi_jax.geometry import matrix_to_axis_angle
 
     cfg = {
         "scene": {"ply": "scene.ply"},

@@ -28,7 +28,7 @@ def _params(rng, betas):
 
 
 def _viewmats(rng):
-    from zerohsi_jax.body import axis_angle_to_matrix
+    from zerohsi_jax.geometry import axis_angle_to_matrix
 
     out = np.tile(np.eye(4), (T, 1, 1))
     out[:, :3, :3] = np.asarray(axis_angle_to_matrix((0.2 * rng.standard_normal((T, 3))).astype(np.float32)))
@@ -91,7 +91,8 @@ def test_amass_file_drives_smplx_to_our_vertices(run, tmp_path):
     import smplx
     import torch
 
-    from zerohsi_jax.body import SMPLX, synthetic_smplx_path
+    from zerohsi_jax.body import SMPLX
+    from zerohsi_jax.synthetic import synthetic_smplx_path
 
     run_dir, truth, betas = run
     assert np.abs(betas).max() > 0.1

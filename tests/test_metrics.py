@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 
 from zerohsi_jax.metrics import (
-    box_mesh,
     cached_sdf_grid,
     diversity,
     foot_sliding,
@@ -15,6 +14,7 @@ from zerohsi_jax.metrics import (
     scene_penetration,
     sdf_grid_from_mesh,
 )
+from zerohsi_jax.synthetic import box_mesh
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from zerohsi_jax.body import SMPLX, synthetic_smplx_path
+from zerohsi_jax.body import SMPLX
 from zerohsi_jax.reconstruct import ReconstructConfig, losses
 from zerohsi_jax.reconstruct.config import RefineConfig
 from zerohsi_jax.reconstruct.refinement import (
@@ -24,6 +24,7 @@ from zerohsi_jax.reconstruct.refinement import (
 from zerohsi_jax.reconstruct.schedules import GatedState, after, restart_gates
 from zerohsi_jax.reconstruct.state import HumanPose
 from zerohsi_jax.run_config import RunConfig
+from zerohsi_jax.synthetic import synthetic_smplx_path
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

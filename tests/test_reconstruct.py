@@ -8,7 +8,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from zerohsi_jax.demo import noisy_estimates
 from zerohsi_jax.reconstruct import (
     CameraTrackingConfig,
     HSIFitConfig,
@@ -20,6 +19,7 @@ from zerohsi_jax.reconstruct import (
     reconstruct,
 )
 from zerohsi_jax.reconstruct.run_files import RunFolder
+from zerohsi_jax.synthetic.instances import noisy_estimates
 
 CFG = ReconstructConfig(
     camera=CameraTrackingConfig(iterations=3),
@@ -32,7 +32,7 @@ CFG = ReconstructConfig(
 def problem(tiny_demo):
     """The tiny demo problem, with a second video of the same initial state: another motion
     (the person steps and lifts differently), hence other frames and masks."""
-    from zerohsi_jax.demo import render_reference
+    from zerohsi_jax.synthetic.instances import render_reference
     from zerohsi_jax.synthetic.motion import interaction_motion
 
     d = tiny_demo
@@ -184,7 +184,7 @@ def test_output_parameters_drive_smplx_with_the_subjects_shape(problem, tmp_path
     import smplx
     import torch
 
-    from zerohsi_jax.body import synthetic_smplx_path
+    from zerohsi_jax.synthetic import synthetic_smplx_path
 
     betas = jnp.linspace(-1.2, 1.2, 10)
     inputs = eqx.tree_at(lambda i: i.avatar.template.betas, problem.inputs, betas)
@@ -207,8 +207,8 @@ def test_enough_iterations_recover_the_motion(tiny_demo):
     """Fitted with enough iterations, a small generated instance ends well below what the fit
     started from: the body below the noisy per-frame estimates, the root, camera and object below
     staying where frame 0 left them (a sign or order error in any update would fail this)."""
-    from zerohsi_jax.demo import render_reference
     from zerohsi_jax.metrics.ground_truth import camera_centers, ground_truth_errors
+    from zerohsi_jax.synthetic.instances import render_reference
     from zerohsi_jax.synthetic.motion import interaction_motion
 
     d = tiny_demo

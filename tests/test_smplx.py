@@ -14,8 +14,8 @@ from zerohsi_jax.body import (
     ModelFileNotFoundError,
     foot_vertex_ids,
     hand_vertex_ids,
-    synthetic_smplx_path,
 )
+from zerohsi_jax.synthetic import synthetic_smplx_path
 
 INPUT_NAMES = (
     "betas",

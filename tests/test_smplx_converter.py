@@ -9,7 +9,7 @@ import pytest
 
 from converters import smplx_pkl_to_npz
 from zerohsi_jax.body import SMPLX
-from zerohsi_jax.body.synthetic import build_synthetic_smplx
+from zerohsi_jax.synthetic import build_synthetic_smplx
 
 
 def _chumpy_modules():

@@ -1,11 +1,13 @@
 """The synthetic SMPL-X stand-in: real layout and sizes, a plausible human, smooth skinning."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from zerohsi_jax.body import EXTRA_VERTEX_IDS, JOINT_NAMES, PARENTS
 from zerohsi_jax.body.joint_names import EXTRA_VERTEX_JOINTS
-from zerohsi_jax.body.synthetic import build_synthetic_smplx, synthetic_smplx_path, write_synthetic_smplx
+from zerohsi_jax.synthetic import build_synthetic_smplx, synthetic_smplx_path, write_synthetic_smplx
 
 J = {name: i for i, name in enumerate(JOINT_NAMES)}
 
@@ -160,6 +162,24 @@ def test_generation_is_deterministic(tmp_path):
     assert a["shapedirs"].shape == (10475, 3, 20)  # the 10 + 10 layout
     path = write_synthetic_smplx(tmp_path, gender="female", num_betas=10)
     assert path.name == "SMPLX_FEMALE.npz" and path.exists()
+    assert sorted(tmp_path.iterdir()) == [path]  # written atomically: no temporary file left beside it
+
+
+def test_cache_key_covers_every_generator_source(tmp_path, monkeypatch):
+    """The cached model file is keyed by the code of every module that generates it, so an edit
+    of any of them (the skeleton, the mesh, the file layout, the joint tables) makes a new file."""
+    from zerohsi_jax.body import joint_names
+    from zerohsi_jax.synthetic import body_mesh, body_model_file, body_skeleton
+
+    sources = body_model_file.GENERATOR_SOURCES
+    generators = (body_skeleton, body_mesh, body_model_file, joint_names)
+    assert {Path(m.__file__).resolve() for m in generators} == {p.resolve() for p in sources}
+    key = body_model_file._generator_fingerprint()
+    for i, source in enumerate(sources):
+        edited = tmp_path / f"{i}_{source.name}"
+        edited.write_bytes(source.read_bytes() + b"\n# edited\n")
+        monkeypatch.setattr(body_model_file, "GENERATOR_SOURCES", sources[:i] + (edited,) + sources[i + 1 :])
+        assert body_model_file._generator_fingerprint() != key, source.name
 
 
 def test_genders_differ_in_proportions():

@@ -10,11 +10,11 @@ import jax
 import numpy as np
 import pytest
 
-from zerohsi_jax.demo import noisy_estimates
 from zerohsi_jax.demo_config import config_ready_demo
 from zerohsi_jax.reconstruct import HumanPose, ReconstructConfig, Reconstruction
 from zerohsi_jax.reconstruct.pipeline import write_results
 from zerohsi_jax.reconstruct.run_files import RunFolder
+from zerohsi_jax.synthetic.instances import noisy_estimates
 
 pytest.importorskip("viser", reason="the viewer needs the view extra (pip install -e '.[view]')")
 

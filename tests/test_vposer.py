@@ -14,8 +14,9 @@ import pytest
 # missing scipy cannot hide the encoder checks that follow the decoder's.
 from scipy.spatial.transform import Rotation
 
-from zerohsi_jax.body import VPoser, VPoserFileNotFoundError, axis_angle_to_matrix, random_vposer
+from zerohsi_jax.body import VPoser, VPoserFileNotFoundError, random_vposer
 from zerohsi_jax.body.vposer import random_state_dict
+from zerohsi_jax.geometry import axis_angle_to_matrix
 
 # ------------------------------------------------------------------------------------ Torch side
 
@@ -328,7 +329,8 @@ def test_state_dict_errors_name_the_key():
 
 @pytest.fixture(scope="module")
 def synthetic_body():
-    from zerohsi_jax.body import SMPLX, synthetic_smplx_path
+    from zerohsi_jax.body import SMPLX
+    from zerohsi_jax.synthetic import synthetic_smplx_path
 
     return SMPLX.load(synthetic_smplx_path(), num_betas=10, use_pca=False, flat_hand_mean=True)
 

@@ -55,9 +55,11 @@ def load_assets(cfg: RunConfig, *, render_size=None) -> Assets:
     pose prior are built."""
     import jax.numpy as jnp
 
-    from .body import SMPLX, VPoser, axis_angle_to_matrix, synthetic_smplx_path
+    from .body import SMPLX, VPoser
+    from .geometry import axis_angle_to_matrix
     from .reconstruct import HumanPose, InitialState, ObjectPose
     from .splat import Camera, load_ply
+    from .synthetic import synthetic_smplx_path
 
     camera = Camera.load_json(_require(cfg.path(cfg.camera), "camera file", "set camera in the config"))
     size = render_size or cfg.render_size
@@ -336,7 +338,7 @@ def continue_command(run_dir, *, video: str | None = None, masks: str | None = N
 
 
 def _continue_into(run_dir, nxt, cfg, params, objects, viewmats, video, masks, pose_estimates, seed, resume):
-    from .body import matrix_to_axis_angle
+    from .geometry import matrix_to_axis_angle
     from .reconstruct.run_files import atomic_write, save_json
 
     atomic_write(nxt / "initial_body_pose.npy", lambda tmp: np.save(tmp, params["body_pose"][-1]))

@@ -56,7 +56,6 @@ def instance_metrics(inputs, result, truths, room, dynamic: bool, sdf_cache, pos
     Bodies are posed with the reconstruction's subject shape (`result.betas`)."""
     from .body import foot_vertex_ids
     from .metrics import (
-        box_mesh,
         cached_sdf_grid,
         diversity,
         foot_sliding,
@@ -66,6 +65,7 @@ def instance_metrics(inputs, result, truths, room, dynamic: bool, sdf_cache, pos
     )
     from .metrics.ground_truth import BODY_JOINTS, human_errors, rotation_angle_deg
     from .reconstruct.refinement import contact_points, hand_vertices
+    from .synthetic.scene import box_mesh
 
     if poses not in ("stage2", "refined"):
         raise ValueError(f"poses must be 'stage2' or 'refined', got {poses!r}")
@@ -119,8 +119,8 @@ def run_bench_suite(out_dir, size: str = "small", *, variants=tuple(VARIANTS), e
     from tqdm import tqdm
 
     from .compiled_memory import release_if_near_limit
-    from .demo import build_instance, noisy_estimates, render_reference
     from .reconstruct import Observations, paper_schedule, quick_schedule, reconstruct
+    from .synthetic.instances import build_instance, noisy_estimates, render_reference
 
     instances, seeds, frames, image, schedule = SUITES[size]
     base = paper_schedule() if schedule == "paper" else quick_schedule()
@@ -129,8 +129,8 @@ def run_bench_suite(out_dir, size: str = "small", *, variants=tuple(VARIANTS), e
     rows = []
     for name, scene_seed, dynamic in tqdm(instances, desc="instances", disable=not progress):
         release_if_near_limit()  # every instance and variant compiles programs of its own
-        inputs, initial, truths, raster, prior, room = build_instance(
-            frames, image, seed=scene_seed, variations=list(range(seeds)), dynamic=dynamic)
+        built = build_instance(frames, image, seed=scene_seed, variations=list(range(seeds)), dynamic=dynamic)
+        inputs, truths, raster = built.inputs, built.truths, built.raster
         videos = [render_reference(inputs, t, raster, base.background) for t in truths]
         estimates = np.stack([noisy_estimates(np.asarray(t.human.body_pose), estimate_noise, 1000 + i)
                               for i, t in enumerate(truths)])
@@ -139,7 +139,7 @@ def run_bench_suite(out_dir, size: str = "small", *, variants=tuple(VARIANTS), e
         for variant in variants:
             cfg = VARIANTS[variant](base)
             began = time.perf_counter()
-            result = reconstruct(inputs, obs, initial, prior, cfg, raster=raster, progress=False)
+            result = reconstruct(inputs, obs, built.initial, built.vposer, cfg, raster=raster, progress=False)
             seconds = time.perf_counter() - began
             scored = [(variant, "stage2")]
             if cfg.refine.enabled and cfg.refine.iterations > 0:
@@ -147,7 +147,7 @@ def run_bench_suite(out_dir, size: str = "small", *, variants=tuple(VARIANTS), e
             for method, poses in scored:
                 row = {"instance": name, "setting": "dynamic" if dynamic else "static", "method": method,
                        "poses": poses, "seconds": seconds}
-                row.update(instance_metrics(inputs, result, truths, room, dynamic, out_dir / "sdf_cache", poses))
+                row.update(instance_metrics(inputs, result, truths, built.room, dynamic, out_dir / "sdf_cache", poses))
                 rows.append(row)
                 if progress:
                     print(json.dumps(row), flush=True)

@@ -68,7 +68,7 @@ def config_ready_demo(out_dir, demo, *, seed: int = 0, schedule=None, estimates=
 
     `seed`: the seed the demo's avatar and pose prior were built with; `schedule`: the
     ReconstructConfig the demo runs; `estimates` (S, T, 63): the simulated pose estimates per seed."""
-    from .body import matrix_to_axis_angle
+    from .geometry import matrix_to_axis_angle
     from .io import write_video
     from .run_config import RunConfig, run_config_to_dict
     from .splat import save_ply

@@ -32,7 +32,7 @@ from zerohsi_jax.avatar.builtin import canonical_body, canonical_maps, load_mode
 from zerohsi_jax.avatar.layers import ViewDirNet
 from zerohsi_jax.avatar.model import OFFICIAL_OPACITY, make_template
 from zerohsi_jax.avatar.styleunet import DualStyleUNet
-from zerohsi_jax.body import synthetic_smplx_path
+from zerohsi_jax.synthetic import synthetic_smplx_path
 
 RESULTS = Path(__file__).with_name("results_avatar.md")
 

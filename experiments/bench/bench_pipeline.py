@@ -19,10 +19,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from zerohsi_jax.demo import build_demo_scene, noisy_estimates
 from zerohsi_jax.reconstruct import Observations, ReconstructConfig, paper_schedule, quick_schedule, reconstruct
 from zerohsi_jax.reconstruct.pipeline import refine_program
 from zerohsi_jax.reconstruct.refinement import contact_points, hand_vertices
+from zerohsi_jax.synthetic.instances import build_demo_scene, noisy_estimates
 
 
 def observations(demo, seeds: int):

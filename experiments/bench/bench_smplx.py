@@ -25,7 +25,8 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from zerohsi_jax.body import SMPLX, synthetic_smplx_path  # noqa: E402
+from zerohsi_jax.body import SMPLX  # noqa: E402
+from zerohsi_jax.synthetic import synthetic_smplx_path  # noqa: E402
 
 
 def cpu_model() -> str:

@@ -1,4 +1,4 @@
-"""Time to generate the synthetic SMPL-X body (`zerohsi_jax.body.synthetic.build_synthetic_smplx`).
+"""Time to generate the synthetic SMPL-X body (`zerohsi_jax.synthetic.build_synthetic_smplx`).
 
 The body is generated once and cached, on first use by the demo, the tests and the benchmark
 suite; this is what that first use costs. The figure moved here from a test assertion (a timing
@@ -20,7 +20,7 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 from machine_info import machine  # noqa: E402
 
-from zerohsi_jax.body.synthetic import build_synthetic_smplx  # noqa: E402
+from zerohsi_jax.synthetic import build_synthetic_smplx  # noqa: E402
 
 # What the first use of the demo can afford to spend generating the body on 2 CPU cores (the
 # bound the test used to assert); reported next to the measurement, not enforced.

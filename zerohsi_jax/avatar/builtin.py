@@ -24,9 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from zerohsi_jax.splat.gaussians import rotmat_to_quat
-
-from ..body.rotations import axis_angle_to_matrix
+from ..geometry import axis_angle_to_matrix, matrix_to_quaternion
 from .layers import ViewDirNet
 from .model import AnimatableAvatar, make_template
 from .skinning import CANONICAL_BODY_POSE, full_pose, joint_transforms
@@ -243,7 +241,7 @@ def frames_to_quats(normals: np.ndarray) -> np.ndarray:
     t1 = np.cross(helper, normals)
     t1 /= np.linalg.norm(t1, axis=-1, keepdims=True)
     t2 = np.cross(normals, t1)
-    return np.asarray(jax.jit(rotmat_to_quat)(jnp.asarray(np.stack([t1, t2, normals], -1), jnp.float32)))
+    return np.asarray(jax.jit(matrix_to_quaternion)(jnp.asarray(np.stack([t1, t2, normals], -1), jnp.float32)))
 
 
 def garment_colors(points, weights, normals, joints, rng) -> np.ndarray:
@@ -303,7 +301,7 @@ def builtin_avatar(
     """The built-in avatar on an SMPL-X body.
 
     `smplx_model`: a `zerohsi_jax.body.SMPLX`, or the path of an SMPL-X `.npz` (official
-    layout); None uses the synthetic body (`zerohsi_jax.body.synthetic`).
+    layout); None uses the synthetic body (`zerohsi_jax.synthetic.synthetic_smplx_path`).
     `size`: 'small' (map 128, ~12k Gaussians, the demo's), 'medium' (map 256, ~30k) or 'tiny'
     (map 64, ~4k, for quick tests). `key_or_seed` seeds the networks' weights and the surface sampling."""
     if size not in SIZES:
@@ -315,7 +313,7 @@ def builtin_avatar(
     seed = int(jax.random.randint(key, (), 0, 2**31 - 1))
     rng = np.random.default_rng(seed)
     if smplx_model is None:
-        from zerohsi_jax.body.synthetic import synthetic_smplx_path
+        from zerohsi_jax.synthetic.body_model_file import synthetic_smplx_path
 
         smplx_model = synthetic_smplx_path()
     betas = np.zeros(10, np.float32) if betas is None else np.asarray(betas, np.float32)

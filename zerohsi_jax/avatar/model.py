@@ -26,18 +26,12 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int
 
-from zerohsi_jax.splat.gaussians import Gaussians, quat_to_rotmat, rgb_to_sh0, rotmat_to_quat
+from zerohsi_jax.splat.gaussians import Gaussians, rgb_to_sh0
 
+from ..body.lbs import apply_blended, blend_transforms
+from ..geometry import matrix_to_quaternion, quaternion_to_matrix, rigid
 from .layers import ViewDirNet
-from .skinning import (
-    CANONICAL_BODY_POSE,
-    apply_blended,
-    blend_transforms,
-    full_pose,
-    homogeneous,
-    joint_transforms,
-    root_transform,
-)
+from .skinning import CANONICAL_BODY_POSE, full_pose, joint_transforms, root_transform
 from .styleunet import DualStyleUNet
 
 POSITION_SCALE = 0.05  # official: positions = canonical + 0.05 * position_net output
@@ -216,7 +210,7 @@ class AnimatableAvatar(eqx.Module):
         pose = full_pose(body_pose, jaw_pose, left_hand_pose, right_hand_pose)
         joints_wo, a_wo = joint_transforms(pose, t.joints_rest, t.parents)
         rot, trans = root_transform(global_orient, transl, t.joints_rest[0])
-        world = homogeneous(rot, trans)
+        world = rigid(rot, trans)
         return joints_wo @ rot.T + trans, world @ a_wo, a_wo @ t.inv_cano_transforms, rot, trans
 
     def pose_map(self, cano2live: Float[Array, "J 4 4"]) -> Float[Array, "h h 3"]:
@@ -291,11 +285,11 @@ class AnimatableAvatar(eqx.Module):
         quats = quats / jnp.maximum(jnp.linalg.norm(quats, axis=-1, keepdims=True), 1e-12)
         mats = blend_transforms(t.gaussian_weights, cano2live)
         means = apply_blended(mats, cano) @ root_rot.T + root_trans
-        rotations = root_rot @ mats[:, :, :3] @ quat_to_rotmat(quats)
+        rotations = root_rot @ mats[:, :, :3] @ quaternion_to_matrix(quats)
 
         gaussians = Gaussians(
             means=means,
-            quats=rotmat_to_quat(rotations),
+            quats=matrix_to_quaternion(rotations),
             log_scales=others[:, 1:4] + t.base_log_scales,
             opacity_logits=others[:, 0] + t.base_opacity_logits,
             sh=rgb_to_sh0(colors)[:, None, :],

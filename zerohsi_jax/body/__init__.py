@@ -1,4 +1,6 @@
-"""SMPL-X body model, VPoser pose prior and rotation helpers, in JAX (no Torch at run time).
+"""SMPL-X body model (its linear-blend-skinning steps in `lbs`) and VPoser pose prior, in JAX (no
+Torch at run time). Rotations are in `zerohsi_jax.geometry`; the synthetic stand-in body model is
+in `zerohsi_jax.synthetic`.
 
 from zerohsi_jax.body import SMPLX
 model = SMPLX.load(path, num_betas=10, num_expression_coeffs=10, use_pca=True, num_pca_comps=6)
@@ -14,14 +16,6 @@ from .joint_names import (
     OUTPUT_JOINT_NAMES,
     PARENTS,
 )
-from .rotations import (
-    axis_angle_to_matrix,
-    matrix_to_axis_angle,
-    matrix_to_quaternion,
-    matrix_to_rot6d,
-    quaternion_to_axis_angle,
-    rot6d_to_matrix,
-)
 from .smplx_model import (
     SMPLX,
     ModelFileError,
@@ -31,7 +25,6 @@ from .smplx_model import (
     foot_vertex_ids,
     hand_vertex_ids,
 )
-from .synthetic import build_synthetic_smplx, synthetic_smplx_path, write_synthetic_smplx
 from .vposer import VPoser, VPoserDecoded, VPoserFileNotFoundError, random_vposer
 
 __all__ = [
@@ -48,17 +41,8 @@ __all__ = [
     "VPoser",
     "VPoserDecoded",
     "VPoserFileNotFoundError",
-    "axis_angle_to_matrix",
     "betas_for",
-    "build_synthetic_smplx",
     "foot_vertex_ids",
     "hand_vertex_ids",
-    "matrix_to_axis_angle",
-    "matrix_to_quaternion",
-    "matrix_to_rot6d",
-    "quaternion_to_axis_angle",
     "random_vposer",
-    "rot6d_to_matrix",
-    "synthetic_smplx_path",
-    "write_synthetic_smplx",
 ]

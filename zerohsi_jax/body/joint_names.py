@@ -1,4 +1,5 @@
-"""SMPL-X joint names, kinematic tree and the vertex ids smplx 0.1.28 samples as extra joints."""
+"""SMPL-X joint names, kinematic tree, the vertex ids smplx 0.1.28 samples as extra joints, and the
+model's sizes (joint, vertex and blend-shape counts): the one place that states them."""
 
 from __future__ import annotations
 
@@ -38,6 +39,11 @@ JOINT_NAMES: tuple[str, ...] = (
 NUM_JOINTS = 55
 NUM_BODY_JOINTS = 21
 NUM_HAND_JOINTS = 15
+NUM_VERTICES = 10475
+NUM_POSE_FEATURES = 9 * (NUM_JOINTS - 1)  # R_j - I of every joint but the root
+# Blend directions of the SMPL-X v1.1 files: 300 shape and 100 expression directions (v1.0: 10 + 10).
+SHAPE_SPACE_DIM = 300
+EXPRESSION_SPACE_DIM = 100
 
 # parents[j] for each joint (-1 for the root); joint j's parent always has a smaller index.
 PARENTS: tuple[int, ...] = (

@@ -3,7 +3,8 @@
 The forward pass reproduces smplx 0.1.28's `SMPLX.forward` (default options, no face contour):
 shape and expression blend shapes, Rodrigues rotations, pose blend shapes, the rigid transforms down
 the kinematic tree, skinning, then the 21 extra vertex joints and the 51 face landmarks appended to
-the 55 tree joints (127 in all) and `transl` added last.
+the 55 tree joints (127 in all) and `transl` added last. The steps are `lbs`'s functions; this module
+loads and checks model files and strings the steps together.
 
 Exact reorganisations make it cheaper than smplx without changing the result:
 - Joints are linear in the shape coefficients, so `J_regressor @ v_template` and
@@ -31,7 +32,10 @@ import numpy as np
 from jaxtyping import Array, Float, Int
 
 from ..errors import UserError
+from ..geometry import axis_angle_to_matrix, rigid
+from . import lbs
 from .joint_names import (
+    EXPRESSION_SPACE_DIM,
     EXTRA_VERTEX_IDS,
     FOOT_JOINTS,
     HAND_JOINTS,
@@ -39,13 +43,10 @@ from .joint_names import (
     NUM_HAND_JOINTS,
     NUM_JOINTS,
     NUM_LANDMARKS,
+    NUM_POSE_FEATURES,
+    NUM_VERTICES,
+    SHAPE_SPACE_DIM,
 )
-from .rotations import axis_angle_to_matrix
-
-NUM_VERTICES = 10475
-SHAPE_SPACE_DIM = 300
-EXPRESSION_SPACE_DIM = 100
-NUM_POSE_FEATURES = 9 * (NUM_JOINTS - 1)
 
 SMPLX_DOWNLOAD_HELP = (
     "SMPL-X model files are not redistributable: register at https://smpl-x.is.tue.mpg.de, download "
@@ -53,7 +54,7 @@ SMPLX_DOWNLOAD_HELP = (
     "SMPLX_FEMALE.npz). If you only have the .pkl files, convert them with "
     "`python -m converters.smplx_pkl_to_npz SMPLX_NEUTRAL.pkl SMPLX_NEUTRAL.npz` (needs torch-free "
     "numpy/scipy only, no chumpy). For tests and the demo, "
-    "`zerohsi_jax.body.synthetic_smplx_path()` writes a synthetic stand-in with the same layout."
+    "`zerohsi_jax.synthetic.synthetic_smplx_path()` writes a synthetic stand-in with the same layout."
 )
 
 
@@ -79,13 +80,6 @@ class SMPLXOutput(eqx.Module):
     v_shaped: Float[Array, "*batch 10475 3"]  # template + shape AND expression blend shapes
     rest_joints: Float[Array, "*batch 55 3"]  # joints regressed from v_shaped
     full_pose: Float[Array, "*batch 55 3"]  # axis-angle of every joint, hand PCA and mean applied
-
-
-def _kinematic_levels(parents: np.ndarray) -> tuple[tuple[int, ...], ...]:
-    depth = np.zeros(len(parents), dtype=np.int64)
-    for j in range(1, len(parents)):
-        depth[j] = depth[parents[j]] + 1
-    return tuple(tuple(int(j) for j in np.nonzero(depth == d)[0]) for d in range(depth.max() + 1))
 
 
 class SMPLX(eqx.Module):
@@ -124,7 +118,6 @@ class SMPLX(eqx.Module):
     flat_hand_mean: bool = eqx.field(static=True)
     gender: str = eqx.field(static=True)
     parent_tuple: tuple[int, ...] = eqx.field(static=True)
-    levels: tuple[tuple[int, ...], ...] = eqx.field(static=True)
 
     # ---------------------------------------------------------------------------------- loading
 
@@ -248,9 +241,7 @@ class SMPLX(eqx.Module):
         if lmk_faces.min() < 0 or lmk_faces.max() >= len(faces):
             raise ModelFileError(f"{source}: key 'lmk_faces_idx' indexes faces outside 0..{len(faces) - 1}")
 
-        regressor64 = regressor.astype(np.float64)
-        joint_template = regressor64 @ v_template.astype(np.float64)
-        joint_dirs = np.einsum("jv,vcs->jcs", regressor64, dirs)
+        joint_template, joint_shapedirs = lbs.fold_joint_regressor(regressor, v_template, dirs)
         f = lambda a: jnp.asarray(np.asarray(a), dtype=dtype)  # noqa: E731
         i32 = lambda a: jnp.asarray(np.asarray(a, dtype=np.int64).astype(np.int32))  # noqa: E731
         n_dirs = dirs.shape[-1]
@@ -268,7 +259,7 @@ class SMPLX(eqx.Module):
                 )
             ),
             joint_template=f(joint_template),
-            joint_shapedirs=f(joint_dirs.reshape(NUM_JOINTS * 3, n_dirs).T),
+            joint_shapedirs=f(joint_shapedirs),
             J_regressor=f(regressor),
             lbs_weights=f(weights),
             weights_t=f(np.asarray(weights).T),
@@ -288,7 +279,6 @@ class SMPLX(eqx.Module):
             flat_hand_mean=bool(flat_hand_mean),
             gender=str(gender),
             parent_tuple=tuple(int(p) for p in parents),
-            levels=_kinematic_levels(parents),
         )
 
     # ---------------------------------------------------------------------------------- forward
@@ -378,15 +368,11 @@ class SMPLX(eqx.Module):
             betas, expression, global_orient, body_pose, jaw_pose, leye_pose, reye_pose, left_hand_pose,
             right_hand_pose,
         )  # fmt: skip
-        dtype = self.v_template.dtype
         # (n, 3 * V), coordinate-major. v_shaped below is only evaluated when the caller uses it.
         features = jnp.concatenate([coeffs, pose_feature], axis=-1)
-        v_posed = (self.template_cm + features @ self.blend_dirs).reshape(n, 3, NUM_VERTICES)
-        v_shaped = self.template_cm + coeffs @ self.shapedirs
-        rel = jnp.concatenate([world_rot, rel_trans[..., None]], axis=-1)  # (n, 55, 3, 4)
-        # Blend the 12 transform entries of every vertex: (n * 12, 55) x (55, V) products.
-        rows = rel.reshape(n, NUM_JOINTS, 12).transpose(0, 2, 1)  # (n, 12, 55)
-        vertices = _skin_in_chunks(rows, v_posed, self.weights_t) + transl[:, None, :]
+        v_posed = lbs.blend_shapes(self.template_cm, features, self.blend_dirs).reshape(n, 3, NUM_VERTICES)
+        v_shaped = lbs.blend_shapes(self.template_cm, coeffs, self.shapedirs)
+        vertices = lbs.linear_blend_skinning(world_rot, rel_trans, v_posed, self.weights_t) + transl[:, None, :]
 
         extra = vertices[:, self.extra_vertex_ids]
         landmarks = jnp.einsum(
@@ -394,15 +380,10 @@ class SMPLX(eqx.Module):
         )
         joints = jnp.concatenate([world_pos + transl[:, None, :], extra, landmarks], axis=1)
 
-        bottom = jnp.broadcast_to(jnp.array([0.0, 0.0, 0.0, 1.0], dtype), (n, NUM_JOINTS, 1, 4))
-        transforms = jnp.concatenate(
-            [jnp.concatenate([world_rot, (rel_trans + transl[:, None, :])[..., None]], axis=-1), bottom],
-            axis=-2,
-        )
         return SMPLXOutput(
             vertices=vertices,
             joints=joints,
-            joint_transforms=transforms,
+            joint_transforms=rigid(world_rot, rel_trans + transl[:, None, :]),
             v_shaped=v_shaped.reshape(n, 3, NUM_VERTICES).transpose(0, 2, 1),
             rest_joints=rest_joints,
             full_pose=full_pose,
@@ -412,30 +393,18 @@ class SMPLX(eqx.Module):
                     left_hand_pose, right_hand_pose):
         """Full pose, shape coefficients, rest joints, pose feature and the kinematic chain: the
         part of the forward that does not touch vertices."""
-        n = betas.shape[0]
-        dtype = self.v_template.dtype
         if self.use_pca:
             left_hand_pose = left_hand_pose @ self.left_hand_components
             right_hand_pose = right_hand_pose @ self.right_hand_components
-        full_pose = jnp.concatenate(
-            [
-                global_orient,
-                body_pose,
-                jaw_pose,
-                leye_pose,
-                reye_pose,
-                left_hand_pose + self.left_hand_mean,
-                right_hand_pose + self.right_hand_mean,
-            ],
-            axis=-1,
-        ).reshape(n, NUM_JOINTS, 3)
+        full_pose = lbs.assemble_full_pose(
+            global_orient, body_pose, jaw_pose, leye_pose, reye_pose,
+            left_hand_pose + self.left_hand_mean, right_hand_pose + self.right_hand_mean,
+        )  # fmt: skip
         coeffs = jnp.concatenate([betas, expression], axis=-1)
-        rest_joints = self.joint_template + (coeffs @ self.joint_shapedirs).reshape(n, NUM_JOINTS, 3)
+        rest_joints = lbs.regress_joints(self.joint_template, self.joint_shapedirs, coeffs)
         rot = axis_angle_to_matrix(full_pose)  # (n, 55, 3, 3)
-        pose_feature = (rot[:, 1:] - jnp.eye(3, dtype=dtype)).reshape(n, NUM_POSE_FEATURES)
-        world_rot, world_pos = self._kinematic_chain(rot, rest_joints)
-        # Relative transform: rotate about the rest joint, i.e. translation = posed joint - R @ rest joint.
-        rel_trans = world_pos - jnp.einsum("njab,njb->nja", world_rot, rest_joints)
+        pose_feature = lbs.pose_feature(rot)
+        world_rot, world_pos, rel_trans = lbs.forward_kinematics(rot, rest_joints, self.parent_tuple)
         return full_pose, coeffs, rest_joints, pose_feature, world_rot, world_pos, rel_trans
 
     def vertex_subset(self, vertex_ids) -> SMPLXVertexSubset:
@@ -444,28 +413,6 @@ class SMPLX(eqx.Module):
         ids = np.asarray(vertex_ids, np.int64)
         cols = np.concatenate([c * NUM_VERTICES + ids for c in range(3)])
         return SMPLXVertexSubset(self, self.template_cm[cols], self.blend_dirs[:, cols], self.weights_t[:, ids])
-
-    def _kinematic_chain(self, rot, rest_joints):
-        """World rotation and position of every joint, one batched product per tree level."""
-        parents = self.parent_tuple
-        rot_levels = [rot[:, list(self.levels[0])]]
-        pos_levels = [rest_joints[:, list(self.levels[0])]]
-        for depth in range(1, len(self.levels)):
-            level = self.levels[depth]
-            prev = self.levels[depth - 1]
-            slot = [prev.index(parents[j]) for j in level]
-            parent_rot = rot_levels[-1][:, slot]
-            offset = rest_joints[:, list(level)] - rest_joints[:, [parents[j] for j in level]]
-            # 3x3 products written as broadcast multiply-adds: XLA's algebraic simplifier mis-shapes
-            # these batched dots once vmap adds a third batch axis (a verifier error), and at this
-            # size the elementwise form is as fast.
-            rot_levels.append(jnp.sum(parent_rot[..., :, :, None] * rot[:, list(level)][..., None, :, :], axis=-2))
-            pos_levels.append(jnp.sum(parent_rot * offset[..., None, :], axis=-1) + pos_levels[-1][:, slot])
-        order = [j for level in self.levels for j in level]
-        inverse = np.argsort(order)
-        world_rot = jnp.concatenate(rot_levels, axis=1)[:, inverse]
-        world_pos = jnp.concatenate(pos_levels, axis=1)[:, inverse]
-        return world_rot, world_pos
 
 
 class SMPLXVertexSubset(eqx.Module):
@@ -490,52 +437,9 @@ class SMPLXVertexSubset(eqx.Module):
         )  # fmt: skip
         k = self.weights_t.shape[1]
         features = jnp.concatenate([coeffs, pose_feature], axis=-1)
-        v_posed = (self.template_cm + features @ self.blend_dirs).reshape(n, 3, k)
-        rel = jnp.concatenate([world_rot, rel_trans[..., None]], axis=-1).reshape(n, NUM_JOINTS, 12)
-        blended = jnp.einsum("njm,jk->nkm", rel, self.weights_t).reshape(n, k, 3, 4)
-        vertices = jnp.einsum("nkab,nbk->nka", blended[..., :3], v_posed) + blended[..., 3]
+        v_posed = lbs.blend_shapes(self.template_cm, features, self.blend_dirs).reshape(n, 3, k)
+        vertices = lbs.linear_blend_skinning(world_rot, rel_trans, v_posed, self.weights_t, chunk=None)
         return world_pos + transl[:, None, :], vertices + transl[:, None, :]
-
-
-SKIN_CHUNK = 8
-
-
-def _skin_block(rows, v_posed, weights_t):
-    """rows (m, 12, 55) transform entries per joint, v_posed (m, 3, V) -> skinned vertices (m, V, 3)."""
-    m = rows.shape[0]
-    blended = (rows.reshape(m * 12, NUM_JOINTS) @ weights_t).reshape(m, 3, 4, NUM_VERTICES)
-    out = (
-        blended[:, :, 0] * v_posed[:, 0:1]
-        + blended[:, :, 1] * v_posed[:, 1:2]
-        + blended[:, :, 2] * v_posed[:, 2:3]
-        + blended[:, :, 3]
-    )
-    return out.transpose(0, 2, 1)
-
-
-def _skin_in_chunks(rows, v_posed, weights_t):
-    """Skinning over the batch in chunks of SKIN_CHUNK examples: the (12 x batch, 10475) blended
-    transforms are the largest temporary of the forward pass, and keeping them small lets the
-    allocator reuse memory between calls instead of faulting in fresh pages every time."""
-    n = rows.shape[0]
-    if n <= SKIN_CHUNK:
-        return _skin_block(rows, v_posed, weights_t)
-    chunks = -(-n // SKIN_CHUNK)
-    pad = chunks * SKIN_CHUNK - n  # zero transforms on zero vertices: padding rows stay zero
-    if pad:
-        rows = jnp.concatenate([rows, jnp.zeros((pad,) + rows.shape[1:], rows.dtype)])
-        v_posed = jnp.concatenate([v_posed, jnp.zeros((pad,) + v_posed.shape[1:], v_posed.dtype)])
-    # Rematerialised in the backward pass, so the gradient is chunked the same way (no stacked
-    # per-chunk residuals of the blended transforms).
-    block = jax.checkpoint(_skin_block)
-    out = jax.lax.map(
-        lambda args: block(*args, weights_t),
-        (
-            rows.reshape(chunks, SKIN_CHUNK, 12, NUM_JOINTS),
-            v_posed.reshape(chunks, SKIN_CHUNK, 3, NUM_VERTICES),
-        ),
-    )
-    return out.reshape(chunks * SKIN_CHUNK, NUM_VERTICES, 3)[:n]
 
 
 # Compiled once per model configuration and batch size, with the model's arrays as arguments (not

@@ -29,7 +29,7 @@ import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from ..errors import UserError
-from .rotations import matrix_to_axis_angle, rot6d_to_matrix
+from ..geometry import matrix_to_axis_angle, rot6d_to_matrix
 
 NUM_BODY_JOINTS = 21
 FILE_FORMAT = "zerohsi_jax.vposer"

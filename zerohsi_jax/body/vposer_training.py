@@ -16,7 +16,7 @@ import numpy as np
 import optax
 from jaxtyping import Array, Float
 
-from .rotations import axis_angle_to_matrix
+from ..geometry import axis_angle_to_matrix
 from .vposer import VPoser, random_state_dict
 
 

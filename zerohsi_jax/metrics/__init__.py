@@ -3,7 +3,6 @@
 from .ground_truth import camera_centers, ground_truth_errors, mpjpe, per_frame_joint_errors_mm, rotation_angle_deg
 from .plausibility import (
     SignedDistanceGrid,
-    box_mesh,
     cached_sdf_grid,
     diversity,
     foot_sliding,
@@ -15,7 +14,6 @@ from .plausibility import (
 
 __all__ = [
     "SignedDistanceGrid",
-    "box_mesh",
     "cached_sdf_grid",
     "camera_centers",
     "diversity",

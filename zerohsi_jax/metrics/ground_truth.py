@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
-from ..body import axis_angle_to_matrix
+from ..geometry import axis_angle_to_matrix
 
 BODY_JOINTS = 22  # pelvis and the 21 joints the body pose drives
 

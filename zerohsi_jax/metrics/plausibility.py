@@ -20,7 +20,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Float, Int
+from jaxtyping import Array, Float
 
 # ------------------------------------------------------------------------------------- SDF
 
@@ -213,12 +213,3 @@ def diversity(joint_sequences: Float[Array, "S T J 3"]) -> Float[Array, ""]:
     d = jnp.linalg.norm(joint_sequences[:, None] - joint_sequences[None], axis=-1).mean(axis=(-1, -2))
     i, j = np.triu_indices(s, k=1)
     return jnp.mean(d[i, j])
-
-
-def box_mesh(center, size) -> tuple[np.ndarray, Int[np.ndarray, "12 3"]]:
-    """A closed, outward-oriented box mesh (vertices, faces): for tests and generated scenes."""
-    c, h = np.asarray(center, float), np.asarray(size, float) / 2
-    corners = np.array([[x, y, z] for x in (-1, 1) for y in (-1, 1) for z in (-1, 1)], float) * h + c
-    faces = np.array([[0, 1, 3], [0, 3, 2], [4, 6, 7], [4, 7, 5], [0, 4, 5], [0, 5, 1],
-                      [2, 3, 7], [2, 7, 6], [0, 2, 6], [0, 6, 4], [1, 5, 7], [1, 7, 3]])
-    return corners, faces

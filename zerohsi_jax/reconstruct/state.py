@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from ..body.rotations import axis_angle_to_matrix
+from ..geometry import axis_angle_to_matrix
 from ..splat import Camera, Gaussians
 
 HUMAN_GROUP, OBJECT_GROUP, SCENE_GROUP = 0, 1, 2

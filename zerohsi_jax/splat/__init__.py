@@ -28,7 +28,7 @@ from .binning import TileBins, bin_gaussians
 from .camera import Camera, CameraFileError
 from .composite import composite
 from .config import RasterConfig
-from .gaussians import Gaussians, eval_sh_colors, quat_to_rotmat, random_gaussians, rgb_to_sh0
+from .gaussians import Gaussians, eval_sh_colors, random_gaussians, rgb_to_sh0
 from .ply import PlyFormatError, load_ply, save_ply
 from .projection import Projected, project
 from .reference import bin_gaussians_dense
@@ -64,7 +64,6 @@ __all__ = [
     "load_ply",
     "measure_capacity",
     "project",
-    "quat_to_rotmat",
     "random_gaussians",
     "render",
     "render_projected",

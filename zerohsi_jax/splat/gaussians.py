@@ -10,6 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int
 
+from ..geometry import matrix_to_quaternion, quaternion_multiply
+
 # Real spherical-harmonic basis constants (degree 0 to 3), the values the INRIA 3DGS code uses.
 SH_C0 = 0.28209479177387814
 SH_C1 = 0.4886025119029199
@@ -126,11 +128,11 @@ class Gaussians(eqx.Module):
 
     def transform(self, rotation: Float[Array, "3 3"], translation: Float[Array, "3"]) -> Gaussians:
         """Rigidly move the set: x -> R x + t, orientations rotated with it (SH left as is)."""
-        q = rotmat_to_quat(rotation)
+        q = matrix_to_quaternion(rotation)
         return eqx.tree_at(
             lambda g: (g.means, g.quats),
             self,
-            (self.means @ rotation.T + translation, quat_multiply(q[None], self.quats)),
+            (self.means @ rotation.T + translation, quaternion_multiply(q[None], self.quats)),
         )
 
 
@@ -187,60 +189,6 @@ def eval_sh_colors(sh: Float[Array, "N K 3"], directions: Float[Array, "N 3"]) -
                     + SH_C3[6] * x * (xx - 3.0 * yy) * sh[:, 15]
                 )
     return jnp.maximum(result + 0.5, 0.0)
-
-
-def quat_to_rotmat(quats: Float[Array, "... 4"]) -> Float[Array, "... 3 3"]:
-    """Rotation matrices of (not necessarily unit) quaternions in w, x, y, z order."""
-    q = quats / jnp.linalg.norm(quats, axis=-1, keepdims=True)
-    w, x, y, z = q[..., 0], q[..., 1], q[..., 2], q[..., 3]
-    rows = [
-        1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-        2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-        2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
-    ]  # fmt: skip
-    return jnp.stack(rows, axis=-1).reshape(q.shape[:-1] + (3, 3))
-
-
-def quat_multiply(a: Float[Array, "... 4"], b: Float[Array, "... 4"]) -> Float[Array, "... 4"]:
-    """Hamilton product a * b (w, x, y, z): rotating by b, then by a."""
-    aw, ax, ay, az = (a[..., i] for i in range(4))
-    bw, bx, by, bz = (b[..., i] for i in range(4))
-    return jnp.stack(
-        [
-            aw * bw - ax * bx - ay * by - az * bz,
-            aw * bx + ax * bw + ay * bz - az * by,
-            aw * by - ax * bz + ay * bw + az * bx,
-            aw * bz + ax * by - ay * bx + az * bw,
-        ],
-        axis=-1,
-    )
-
-
-def rotmat_to_quat(r: Float[Array, "... 3 3"]) -> Float[Array, "... 4"]:
-    """Unit quaternion (w, x, y, z) of a rotation matrix; branch-free and differentiable.
-
-    Each of the four standard candidate formulas is exact where its pivot is largest; the one
-    with the largest pivot is selected, so no division by a small number is ever used."""
-    m00, m01, m02 = r[..., 0, 0], r[..., 0, 1], r[..., 0, 2]
-    m10, m11, m12 = r[..., 1, 0], r[..., 1, 1], r[..., 1, 2]
-    m20, m21, m22 = r[..., 2, 0], r[..., 2, 1], r[..., 2, 2]
-    pivots = jnp.stack(
-        [1 + m00 + m11 + m22, 1 + m00 - m11 - m22, 1 - m00 + m11 - m22, 1 - m00 - m11 + m22], axis=-1
-    )
-    candidates = jnp.stack(
-        [
-            jnp.stack([pivots[..., 0], m21 - m12, m02 - m20, m10 - m01], -1),
-            jnp.stack([m21 - m12, pivots[..., 1], m01 + m10, m02 + m20], -1),
-            jnp.stack([m02 - m20, m01 + m10, pivots[..., 2], m12 + m21], -1),
-            jnp.stack([m10 - m01, m02 + m20, m12 + m21, pivots[..., 3]], -1),
-        ],
-        axis=-2,
-    )
-    best = jnp.argmax(pivots, axis=-1)
-    chosen = jnp.take_along_axis(candidates, best[..., None, None], axis=-2)[..., 0, :]
-    norm_pivot = jnp.take_along_axis(pivots, best[..., None], axis=-1)
-    q = chosen / (2.0 * jnp.sqrt(jnp.maximum(norm_pivot, 1e-12)))
-    return q * jnp.where(q[..., :1] < 0, -1.0, 1.0)
 
 
 def as_numpy_gaussians(g: Gaussians) -> dict[str, np.ndarray]:

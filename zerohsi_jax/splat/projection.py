@@ -7,9 +7,10 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float
 
+from ..geometry import quaternion_to_matrix
 from .camera import Camera
 from .config import RasterConfig
-from .gaussians import Gaussians, quat_to_rotmat
+from .gaussians import Gaussians
 
 
 class Projected(eqx.Module):
@@ -31,7 +32,7 @@ class Projected(eqx.Module):
 
 def covariance_3d(quats: Float[Array, "N 4"], log_scales: Float[Array, "N 3"]) -> Float[Array, "N 3 3"]:
     """Sigma = R S S^T R^T."""
-    m = quat_to_rotmat(quats) * jnp.exp(log_scales)[:, None, :]
+    m = quaternion_to_matrix(quats) * jnp.exp(log_scales)[:, None, :]
     return m @ jnp.swapaxes(m, -1, -2)
 
 

@@ -55,24 +55,23 @@ RIGHT_MIDDLE1 = 43  # base of the right middle finger: with the wrist, it bracke
 
 def shaped_rest_joints(body, betas=None):
     """The rest joints of the body with shape `betas` (None: the template's)."""
-    from ..body import betas_for
+    from ..body import betas_for, lbs
 
+    # Shape then expression coefficients: the expression stays neutral.
     coeffs = np.zeros(body.joint_shapedirs.shape[0], np.float32)
     coeffs[: body.num_betas] = betas_for(body, betas)
-    joints = np.asarray(body.joint_template)
-    return joints + (coeffs @ np.asarray(body.joint_shapedirs)).reshape(joints.shape)
+    return np.asarray(lbs.regress_joints(body.joint_template, body.joint_shapedirs, jnp.asarray(coeffs)))
 
 
 def _palm_positions(body, betas=None):
     """Right-palm position of body poses (joints only: no skinning, cheap enough to vmap)."""
-    from ..avatar.skinning import joint_transforms
+    from ..avatar.skinning import full_pose, joint_transforms
 
     joints_rest = jnp.asarray(shaped_rest_joints(body, betas))
     parents = tuple(int(p) for p in np.asarray(body.parents))
 
     def palm(body_pose, transl):
-        pose = jnp.concatenate([jnp.zeros((1, 3)), body_pose.reshape(21, 3), jnp.zeros((33, 3))])
-        joints, _ = joint_transforms(pose, joints_rest, parents)
+        joints, _ = joint_transforms(full_pose(body_pose), joints_rest, parents)
         return 0.5 * (joints[RIGHT_ARM[-1]] + joints[RIGHT_MIDDLE1]) + transl
 
     return palm

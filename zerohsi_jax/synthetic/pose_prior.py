@@ -10,16 +10,15 @@ not on the test video. Cached on disk: built once (~15 s on 2 CPU cores).
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from pathlib import Path
 
 import equinox as eqx
 import jax
 import numpy as np
 
-from ..body.synthetic import default_cache_dir
 from ..body.vposer import VPoser
+from ..cache import cache_root
+from ..files import atomic_write
 
 # The code that produces a prior, relative to the package: the motion generator and what it calls
 # (the body model's forward, the skinning kinematics), the training, and the VPoser module itself
@@ -31,7 +30,8 @@ PRODUCERS = (
     "synthetic/pose_prior.py",
     "synthetic/motion.py",
     "body/smplx_model.py",
-    "body/rotations.py",
+    "body/lbs.py",
+    "geometry.py",
     "avatar/skinning.py",
     "body/vposer.py",
     "body/vposer_training.py",
@@ -64,17 +64,11 @@ def _build(body, seed: int, num_motions: int, **training) -> VPoser:
 
 def synthetic_pose_prior(body, *, seed: int = 0, cache_dir=None, num_motions: int = 256) -> VPoser:
     """A VPoser fitted to generated reach-and-lift poses of `body`, cached under `cache_dir`."""
-    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    cache = Path(cache_dir) if cache_dir is not None else cache_root()
     path = cache / f"demo_vposer_{_fingerprint(body, seed, num_motions)}.eqx"
     if path.exists():
         return VPoser.load(path)
     model = _build(body, seed, num_motions)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".part", dir=path.parent)
-    os.close(fd)
-    try:
-        model.save(tmp, source="zerohsi_jax.synthetic.pose_prior: generated reach-and-lift motions")
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    source = "zerohsi_jax.synthetic.pose_prior: generated reach-and-lift motions"
+    atomic_write(path, lambda tmp: model.save(tmp, source=source))
     return model

@@ -11,7 +11,9 @@ import dataclasses
 
 import jax.numpy as jnp
 import numpy as np
+from jaxtyping import Int
 
+from ..geometry import matrix_to_quaternion_np
 from ..splat.gaussians import Gaussians, rgb_to_sh0
 
 _FACES = (  # (normal axis, sign): the six faces of a box
@@ -19,16 +21,14 @@ _FACES = (  # (normal axis, sign): the six faces of a box
 )  # fmt: skip
 
 
-def _rotation_to_quat(r: np.ndarray) -> np.ndarray:
-    """wxyz quaternion of a proper rotation matrix (numpy; setup code, not a hot path)."""
-    w = np.sqrt(max(0.0, 1.0 + r[0, 0] + r[1, 1] + r[2, 2])) / 2
-    x = np.sqrt(max(0.0, 1.0 + r[0, 0] - r[1, 1] - r[2, 2])) / 2
-    y = np.sqrt(max(0.0, 1.0 - r[0, 0] + r[1, 1] - r[2, 2])) / 2
-    z = np.sqrt(max(0.0, 1.0 - r[0, 0] - r[1, 1] + r[2, 2])) / 2
-    x = np.copysign(x, r[2, 1] - r[1, 2])
-    y = np.copysign(y, r[0, 2] - r[2, 0])
-    z = np.copysign(z, r[1, 0] - r[0, 1])
-    return np.array([w, x, y, z])
+def box_mesh(center, size) -> tuple[np.ndarray, Int[np.ndarray, "12 3"]]:
+    """A closed, outward-oriented axis-aligned box mesh (vertices, faces): the watertight solids of
+    generated scenes and objects (penetration metrics, tests)."""
+    c, h = np.asarray(center, float), np.asarray(size, float) / 2
+    corners = np.array([[x, y, z] for x in (-1, 1) for y in (-1, 1) for z in (-1, 1)], float) * h + c
+    faces = np.array([[0, 1, 3], [0, 3, 2], [4, 6, 7], [4, 7, 5], [0, 4, 5], [0, 5, 1],
+                      [2, 3, 7], [2, 7, 6], [0, 2, 6], [0, 6, 4], [1, 5, 7], [1, 7, 3]])
+    return corners, faces
 
 
 def _texture(points: np.ndarray, base: np.ndarray, rng: np.random.Generator, cell: float, contrast: float):
@@ -65,7 +65,7 @@ def box_gaussians(center, size, color, *, spacing: float, rng: np.random.Generat
         rot[u_axis, 0] = 1.0
         rot[v_axis, 1] = 1.0
         rot[:, 2] = np.cross(rot[:, 0], rot[:, 1])
-        quats.append(np.tile(_rotation_to_quat(rot), (len(p), 1)))
+        quats.append(np.tile(matrix_to_quaternion_np(rot), (len(p), 1)))
         su, sv = 0.7 * size[u_axis] / nu, 0.7 * size[v_axis] / nv
         scales.append(np.tile([su, sv, 0.15 * min(su, sv)], (len(p), 1)))
     means = np.concatenate(means)
@@ -104,8 +104,6 @@ class SceneAssets:
 
     def mesh(self) -> tuple[np.ndarray, np.ndarray]:
         """(vertices, faces) of the room's solids: closed boxes, one after the other."""
-        from ..metrics.plausibility import box_mesh
-
         verts, faces = [], []
         for center, size in self.solids:
             v, f = box_mesh(center, size)

@@ -1,12 +1,15 @@
-"""Rotation conversions shared by the body model, VPoser and the fitting pipeline.
+"""Rotations and rigid transforms: the package's one implementation of each.
 
-All functions are pure `jax.numpy`, work on any leading batch shape, and are differentiable
-everywhere the underlying map is (including the identity and half-turn rotations).
+Every function is pure `jax.numpy`, works on any leading batch shape and is differentiable
+everywhere the underlying map is (the identity and half-turn rotations included). Quaternions are
+(w, x, y, z). Set-up code that holds numpy arrays calls the same functions and converts back with
+`np.asarray` (see `matrix_to_quaternion_np`) instead of keeping a second numpy implementation.
 """
 
 from __future__ import annotations
 
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Float
 
 # smplx adds this to every component of the rotation vector before taking its norm, so the angle of
@@ -16,6 +19,7 @@ RODRIGUES_EPS = 1e-8
 NORMALIZE_EPS = 1e-12
 
 
+# ------------------------------------------------------------------------------------ rotations
 def skew(v: Float[Array, "... 3"]) -> Float[Array, "... 3 3"]:
     """The cross-product matrix [v]_x, so that skew(v) @ u == cross(v, u)."""
     x, y, z = v[..., 0], v[..., 1], v[..., 2]
@@ -44,7 +48,7 @@ def axis_angle_to_matrix(axis_angle: Float[Array, "... 3"]) -> Float[Array, "...
 
 
 def matrix_to_quaternion(matrix: Float[Array, "... 3 3"]) -> Float[Array, "... 4"]:
-    """Unit quaternion (w, x, y, z) of a rotation matrix, by Shepperd's method.
+    """Unit quaternion (w, x, y, z) of a rotation matrix, by Shepperd's method; w >= 0.
 
     Each of the four classic formulas divides by one of 2*|w|, 2*|x|, 2*|y|, 2*|z|; we evaluate all
     four and keep the one with the largest divisor (always >= 1), so no branch ever divides by a
@@ -64,7 +68,7 @@ def matrix_to_quaternion(matrix: Float[Array, "... 3 3"]) -> Float[Array, "... 4
         axis=-1,
     )
     # The unselected candidates may have a tiny or negative radicand; clamping them keeps their
-    # (discarded) values finite so that no NaN leaks into the gradient through jnp.where.
+    # (discarded) values finite so that no NaN leaks into the gradient through the selection.
     two_abs = jnp.sqrt(jnp.maximum(four_sq, 0.25))  # 2*|q_i|, exact for the selected candidate
     candidates = jnp.stack(
         [
@@ -82,8 +86,40 @@ def matrix_to_quaternion(matrix: Float[Array, "... 3 3"]) -> Float[Array, "... 4
     return jnp.where(quat[..., :1] < 0, -quat, quat)
 
 
+def matrix_to_quaternion_np(matrix: np.ndarray) -> np.ndarray:
+    """`matrix_to_quaternion` for set-up code holding numpy arrays (float32, as JAX computes)."""
+    return np.asarray(matrix_to_quaternion(jnp.asarray(matrix, jnp.float32)))
+
+
+def quaternion_to_matrix(quats: Float[Array, "... 4"]) -> Float[Array, "... 3 3"]:
+    """Rotation matrices of (not necessarily unit) quaternions: normalised first."""
+    q = quats / jnp.linalg.norm(quats, axis=-1, keepdims=True)
+    w, x, y, z = q[..., 0], q[..., 1], q[..., 2], q[..., 3]
+    rows = [
+        1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
+        2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
+        2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
+    ]  # fmt: skip
+    return jnp.stack(rows, axis=-1).reshape(q.shape[:-1] + (3, 3))
+
+
+def quaternion_multiply(a: Float[Array, "... 4"], b: Float[Array, "... 4"]) -> Float[Array, "... 4"]:
+    """Hamilton product a * b: rotating by b, then by a."""
+    aw, ax, ay, az = (a[..., i] for i in range(4))
+    bw, bx, by, bz = (b[..., i] for i in range(4))
+    return jnp.stack(
+        [
+            aw * bw - ax * bx - ay * by - az * bz,
+            aw * bx + ax * bw + ay * bz - az * by,
+            aw * by - ax * bz + ay * bw + az * bx,
+            aw * bz + ax * by - ay * bx + az * bw,
+        ],
+        axis=-1,
+    )
+
+
 def quaternion_to_axis_angle(quat: Float[Array, "... 4"]) -> Float[Array, "... 3"]:
-    """Rotation vector of a unit quaternion (w, x, y, z); angle in [0, pi] after sign canonicalisation."""
+    """Rotation vector of a unit quaternion; angle in [0, pi] after sign canonicalisation."""
     quat = jnp.where(quat[..., :1] < 0, -quat, quat)
     w = quat[..., 0]
     xyz = quat[..., 1:]
@@ -121,3 +157,28 @@ def rot6d_to_matrix(rot6d: Float[Array, "... 6"], eps: float = NORMALIZE_EPS) ->
 def matrix_to_rot6d(matrix: Float[Array, "... 3 3"]) -> Float[Array, "... 6"]:
     """Inverse of `rot6d_to_matrix` on rotations: the first two columns, flattened row-major."""
     return matrix[..., :, :2].reshape(*matrix.shape[:-2], 6)
+
+
+# ------------------------------------------------------------------------------ rigid transforms
+def rigid(rotation: Float[Array, "... 3 3"], translation: Float[Array, "... 3"]) -> Float[Array, "... 4 4"]:
+    """The 4x4 matrix of x -> R x + t."""
+    top = jnp.concatenate([rotation, translation[..., None]], axis=-1)
+    bottom = jnp.broadcast_to(jnp.asarray([0.0, 0.0, 0.0, 1.0], rotation.dtype), top.shape[:-2] + (1, 4))
+    return jnp.concatenate([top, bottom], axis=-2)
+
+
+def rigid_inverse(transform: Float[Array, "... 4 4"]) -> Float[Array, "... 4 4"]:
+    """Inverse of a rigid 4x4, [R^T | -R^T t], without a general matrix inverse."""
+    rot_t = jnp.swapaxes(transform[..., :3, :3], -1, -2)
+    return rigid(rot_t, -jnp.einsum("...ab,...b->...a", rot_t, transform[..., :3, 3]))
+
+
+def rigid_compose(first: Float[Array, "... 4 4"], then: Float[Array, "... 4 4"]) -> Float[Array, "... 4 4"]:
+    """The transform that applies `first`, then `then` (then @ first)."""
+    return then @ first
+
+
+def transform_points(transform: Float[Array, "... 4 4"], points: Float[Array, "... N 3"]) -> Float[Array, "... N 3"]:
+    """x -> R x + t for every point (the bottom row of `transform` is not read)."""
+    rot = transform[..., :3, :3]
+    return jnp.einsum("...ab,...nb->...na", rot, points) + transform[..., None, :3, 3]

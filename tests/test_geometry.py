@@ -1,11 +1,13 @@
-"""Rotation helpers: Rodrigues as smplx evaluates it, robust matrix -> axis-angle, VPoser's 6D."""
+"""`zerohsi_jax.geometry`: Rodrigues as smplx evaluates it, robust matrix -> axis-angle and quaternion,
+VPoser's 6D, quaternions and rigid transforms, against float64 references, with round trips, half
+turns and gradients."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from zerohsi_jax.body import rotations
+from zerohsi_jax import geometry as rotations
 
 # Jitted once per module: eager dispatch of these small graphs costs more than running them.
 axis_angle_to_matrix = jax.jit(rotations.axis_angle_to_matrix)
@@ -140,3 +142,103 @@ def test_axis_angle_to_matrix_equals_smplx_batch_rodrigues():
     )
     ref = batch_rodrigues(torch.from_numpy(aa)).numpy()
     np.testing.assert_allclose(np.asarray(axis_angle_to_matrix(jnp.asarray(aa))), ref, atol=1e-6)
+
+
+# ------------------------------------------------------------------ quaternions, rigid transforms
+quaternion_to_matrix = jax.jit(rotations.quaternion_to_matrix)
+quaternion_multiply = jax.jit(rotations.quaternion_multiply)
+
+
+def _reference_quaternion_to_matrix(q):
+    """Float64 textbook formula for a unit quaternion (w, x, y, z)."""
+    w, x, y, z = np.moveaxis(q / np.linalg.norm(q, axis=-1, keepdims=True), -1, 0)
+    return np.stack(
+        [
+            np.stack([w * w + x * x - y * y - z * z, 2 * (x * y - w * z), 2 * (x * z + w * y)], -1),
+            np.stack([2 * (x * y + w * z), w * w - x * x + y * y - z * z, 2 * (y * z - w * x)], -1),
+            np.stack([2 * (x * z - w * y), 2 * (y * z + w * x), w * w - x * x - y * y + z * z], -1),
+        ],
+        -2,
+    )
+
+
+def _half_turns():
+    axes = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 0], [1, -2, 3], [0, 1, 1]], np.float64)
+    axes /= np.linalg.norm(axes, axis=1, keepdims=True)
+    # R = 2 a a^T - I is the exact half turn about a.
+    return 2 * axes[:, :, None] * axes[:, None, :] - np.eye(3), axes
+
+
+def test_quaternion_to_matrix_matches_reference_and_normalises(x64):
+    rng = np.random.default_rng(7)
+    q = rng.normal(size=(200, 4))
+    ours = np.asarray(quaternion_to_matrix(jnp.asarray(3.0 * q)))  # not unit: normalised first
+    np.testing.assert_allclose(ours, _reference_quaternion_to_matrix(q), atol=1e-12)
+
+
+def test_matrix_quaternion_round_trips_including_half_turns(x64):
+    rng = np.random.default_rng(8)
+    q = rng.normal(size=(300, 4))
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    q *= np.sign(q[:, :1])
+    back = np.asarray(matrix_to_quaternion(jnp.asarray(_reference_quaternion_to_matrix(q))))
+    np.testing.assert_allclose(back, q, atol=1e-12)
+    half, axes = _half_turns()
+    quat = np.asarray(matrix_to_quaternion(jnp.asarray(half)))
+    # w = 0 and (x, y, z) = +-axis; either sign is the same rotation.
+    np.testing.assert_allclose(quat[:, 0], 0.0, atol=1e-12)
+    np.testing.assert_allclose(np.abs(np.sum(quat[:, 1:] * axes, axis=1)), 1.0, atol=1e-12)
+    np.testing.assert_allclose(np.asarray(quaternion_to_matrix(jnp.asarray(quat))), half, atol=1e-12)
+
+
+def test_matrix_to_quaternion_gradient_is_finite_at_identity_and_half_turns():
+    weights = jnp.arange(1.0, 5.0)
+    grad_fn = jax.jit(jax.grad(lambda m: jnp.sum(rotations.matrix_to_quaternion(m) * weights)))
+    half, _ = _half_turns()
+    for mat in [np.eye(3), *half]:
+        assert np.all(np.isfinite(np.asarray(grad_fn(jnp.asarray(mat, jnp.float32)))))
+
+
+def test_matrix_to_quaternion_np_is_the_jax_function_in_float32():
+    half, _ = _half_turns()
+    mats = np.concatenate([half, np.eye(3)[None]])
+    out = rotations.matrix_to_quaternion_np(mats)
+    assert isinstance(out, np.ndarray) and out.dtype == np.float32
+    np.testing.assert_array_equal(out, np.asarray(matrix_to_quaternion(jnp.asarray(mats, jnp.float32))))
+
+
+def test_quaternion_multiply_composes_rotations(x64):
+    rng = np.random.default_rng(9)
+    a, b = rng.normal(size=(2, 100, 4))
+    product = np.asarray(quaternion_multiply(jnp.asarray(a), jnp.asarray(b)))
+    np.testing.assert_allclose(
+        _reference_quaternion_to_matrix(product),
+        _reference_quaternion_to_matrix(a) @ _reference_quaternion_to_matrix(b),
+        atol=1e-12,
+    )
+
+
+def test_rigid_inverse_compose_and_transform_points(x64):
+    rng = np.random.default_rng(10)
+    rot = _reference_quaternion_to_matrix(rng.normal(size=(20, 4)))  # orthonormal to float64 precision
+    trans = rng.normal(size=(20, 3))
+    t = np.asarray(rotations.rigid(jnp.asarray(rot), jnp.asarray(trans)))
+    reference = np.zeros((20, 4, 4))
+    reference[:, :3, :3], reference[:, :3, 3], reference[:, 3, 3] = rot, trans, 1.0
+    np.testing.assert_array_equal(t, reference)
+    inv = np.asarray(rotations.rigid_inverse(jnp.asarray(t)))
+    np.testing.assert_allclose(inv, np.linalg.inv(reference), atol=1e-12)
+    np.testing.assert_allclose(
+        np.asarray(rotations.rigid_compose(jnp.asarray(t), jnp.asarray(inv))), np.broadcast_to(np.eye(4), t.shape),
+        atol=1e-12,
+    )
+    points = rng.normal(size=(20, 7, 3))
+    moved = np.asarray(rotations.transform_points(jnp.asarray(t), jnp.asarray(points)))
+    np.testing.assert_allclose(moved, np.einsum("nab,nkb->nka", rot, points) + trans[:, None], atol=1e-12)
+    # compose(first, then) applies first, then then.
+    np.testing.assert_allclose(
+        np.asarray(rotations.transform_points(rotations.rigid_compose(jnp.asarray(t), jnp.asarray(t)),
+                                              jnp.asarray(points))),
+        np.asarray(rotations.transform_points(jnp.asarray(t), jnp.asarray(moved))),
+        atol=1e-12,
+    )

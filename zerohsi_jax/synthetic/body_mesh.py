@@ -1,127 +1,15 @@
-"""A synthetic SMPL-X-compatible body model, for the demo and the tests.
-
-The real SMPL-X files cannot be redistributed, so this module builds a stand-in with the official
-`.npz` layout and sizes (10,475 vertices, 55 joints on the real kinematic tree, 400 shape and
-expression directions, 486 pose directions, 45-D hand PCA, 51 face landmarks) that `smplx.SMPLX`
-and `zerohsi_jax.body.SMPLX` both load.
-
-The body is a plausible 1.7 m human in SMPL-X's rest pose (T-pose, y up, facing +z, its left on +x,
-soles at y = -1.2, pelvis at y = -0.25): a torso-neck-head surface of revolution with elliptic
-cross-sections, capsule limbs through the joints, a palm with five three-segment fingers, feet,
-eyeballs, a nose and ears. Skinning weights blend smoothly across every joint; the joint regressor
-averages rings of vertices around each joint; smplx's hard-coded extra-joint vertex ids (nose, eyes,
-ears, toes, heels, finger tips) are permuted onto the matching places of this mesh.
-"""
+"""The synthetic body's mesh: a torso-neck-head surface of revolution with elliptic cross-sections,
+capsule limbs through the joints, a palm with five three-segment fingers, feet, eyeballs, a nose and
+ears (10,475 vertices, the SMPL-X count), with skinning weights that blend smoothly across every
+joint, the joint regressor's rings, the face landmarks, the hand pose space and the shape,
+expression and pose blend directions."""
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import numpy as np
 
-from .joint_names import EXTRA_VERTEX_JOINTS, JOINT_NAMES, NUM_JOINTS, PARENTS
-
-NUM_VERTICES = 10475
-NUM_SHAPE_DIRS = 300
-NUM_EXPRESSION_DIRS = 100
-NUM_POSE_FEATURES = 9 * (NUM_JOINTS - 1)
-SOLE_Y = -1.20
-
-_J = {name: i for i, name in enumerate(JOINT_NAMES)}
-_FINGERS = ("index", "middle", "pinky", "ring", "thumb")
-
-
-# --------------------------------------------------------------------------------------------------
-# Skeleton
-# --------------------------------------------------------------------------------------------------
-
-# Left-side (+x) and midline joints of the neutral body; right-side joints mirror x.
-_LEFT_AND_MIDLINE = {
-    "pelvis": (0.0, -0.25, 0.0),
-    "left_hip": (0.085, -0.33, -0.005),
-    "spine1": (0.0, -0.13, -0.02),
-    "left_knee": (0.10, -0.715, 0.01),
-    "spine2": (0.0, 0.0, -0.015),
-    "left_ankle": (0.095, -1.13, -0.045),
-    "spine3": (0.0, 0.06, -0.01),
-    "left_foot": (0.11, -1.175, 0.085),
-    "neck": (0.0, 0.235, -0.025),
-    "left_collar": (0.075, 0.155, -0.01),
-    "head": (0.0, 0.31, -0.005),
-    "left_shoulder": (0.175, 0.185, -0.02),
-    "left_elbow": (0.43, 0.18, -0.035),
-    "left_wrist": (0.675, 0.18, -0.03),
-    "jaw": (0.0, 0.32, 0.035),
-    "left_eye_smplhf": (0.032, 0.395, 0.088),
-}
-
-# Finger layout of the left hand (palm down, fingers along +x, thumb forward along +z):
-# knuckle offset from the wrist, direction, lengths (joint 1 -> 2, 2 -> 3, 3 -> end of the last
-# phalanx, end -> tip), radius at the base.
-_FINGER_LAYOUT = {
-    "index": ((0.088, -0.008, 0.027), (1.0, -0.02, 0.08), (0.038, 0.023, 0.012, 0.006), 0.0090),
-    "middle": ((0.092, -0.008, 0.009), (1.0, -0.02, 0.02), (0.043, 0.026, 0.014, 0.006), 0.0093),
-    "ring": ((0.088, -0.008, -0.010), (1.0, -0.02, -0.05), (0.040, 0.025, 0.013, 0.006), 0.0088),
-    "pinky": ((0.080, -0.009, -0.027), (1.0, -0.02, -0.12), (0.031, 0.019, 0.011, 0.005), 0.0078),
-    "thumb": ((0.022, -0.014, 0.026), (0.80, -0.15, 0.58), (0.038, 0.030, 0.016, 0.006), 0.0115),
-}
-
-
-def _unit(v):
-    v = np.asarray(v, dtype=np.float64)
-    return v / np.linalg.norm(v, axis=-1, keepdims=True)
-
-
-def _mirror(p):
-    return np.array([-p[0], p[1], p[2]])
-
-
-def _design_skeleton(gender: str):
-    """Rest joints (55, 3) and the finger tip positions, for the given gender's proportions."""
-    joints = np.zeros((NUM_JOINTS, 3))
-    for name, pos in _LEFT_AND_MIDLINE.items():
-        joints[_J[name]] = pos
-        if name.startswith("left_"):
-            joints[_J["right_" + name[5:]]] = _mirror(pos)
-    tips = {}
-    for finger, (offset, direction, lengths, _) in _FINGER_LAYOUT.items():
-        d = _unit(direction)
-        p = joints[_J["left_wrist"]] + np.asarray(offset)
-        for k in range(3):
-            joints[_J[f"left_{finger}{k + 1}"]] = p
-            joints[_J[f"right_{finger}{k + 1}"]] = _mirror(p)
-            p = p + lengths[k] * d
-        tips[("left", finger)] = p + lengths[3] * d
-        tips[("right", finger)] = _mirror(tips[("left", finger)])
-    # Gender: overall height about the soles, and shoulder/hip breadth. The body is designed neutral
-    # and mapped at the end, so every threshold below is in neutral coordinates.
-    height, shoulders, hips = {
-        "neutral": (1.0, 1.0, 1.0),
-        "male": (1.04, 1.06, 0.97),
-        "female": (0.96, 0.93, 1.06),
-    }[gender]
-    return joints, tips, _gender_map(height, shoulders, hips)
-
-
-def _gender_map(height: float, shoulders: float, hips: float):
-    """A smooth map of the neutral body to a gender's proportions (applied to joints and mesh)."""
-
-    def apply(p):
-        p = np.array(p, dtype=np.float64)
-        y = p[..., 1]
-        # Breadth factor: hips below the waist, shoulders above the chest, blended in between.
-        t = np.clip((y + 0.10) / 0.25, 0.0, 1.0)
-        t = t * t * (3 - 2 * t)
-        breadth = hips * (1 - t) + shoulders * t
-        out = p.copy()
-        out[..., 0] = p[..., 0] * breadth
-        out[..., 1] = SOLE_Y + (y - SOLE_Y) * height
-        out[..., 2] = p[..., 2] * (0.5 + 0.5 * height)
-        return out
-
-    return apply
-
+from ..body.joint_names import EXPRESSION_SPACE_DIM, NUM_JOINTS, NUM_POSE_FEATURES, NUM_VERTICES
+from .body_skeleton import FINGER_LAYOUT, FINGERS, JOINT_INDEX, SOLE_Y, design_skeleton, unit
 
 # --------------------------------------------------------------------------------------------------
 # Mesh building blocks
@@ -145,9 +33,9 @@ class _Part:
     ):
         centers = np.asarray(centers, dtype=np.float64)
         rings = len(centers)
-        tangent = _unit(np.gradient(centers, axis=0))
+        tangent = unit(np.gradient(centers, axis=0))
         u = np.broadcast_to(np.asarray(frame_u, dtype=np.float64), centers.shape)
-        u = _unit(u - np.sum(u * tangent, axis=-1, keepdims=True) * tangent)
+        u = unit(u - np.sum(u * tangent, axis=-1, keepdims=True) * tangent)
         v = np.cross(tangent, u)
         phi = 2 * np.pi * np.arange(n_seg) / n_seg
         c, s = np.cos(phi), np.sin(phi)
@@ -233,8 +121,8 @@ def _smooth(values, passes=3):
 
 def _round_caps(centers, arc, ru, rv, n_cap, depth_start, depth_end):
     """Prepend/append rings that shrink like a half-ellipsoid, for rounded tube ends."""
-    t0 = _unit(centers[1] - centers[0])
-    t1 = _unit(centers[-1] - centers[-2])
+    t0 = unit(centers[1] - centers[0])
+    t1 = unit(centers[-1] - centers[-2])
     ang = np.linspace(0, np.pi / 2, n_cap + 2)[1:-1]
     pre_c = [centers[0] - t0 * depth_start * np.sin(a) for a in ang[::-1]]
     post_c = [centers[-1] + t1 * depth_end * np.sin(a) for a in ang]
@@ -403,7 +291,7 @@ def _profile(knot_radii):
 
 
 def _leg_part(side, joints, n_rings, n_seg):
-    hip, knee, ankle = (joints[_J[f"{side}_{n}"]] for n in ("hip", "knee", "ankle"))
+    hip, knee, ankle = (joints[JOINT_INDEX[f"{side}_{n}"]] for n in ("hip", "knee", "ankle"))
     top = hip + np.array([0.0, 0.075, 0.0])
     pts = [top, hip, knee, ankle]
     ru = _profile(
@@ -449,7 +337,7 @@ def _leg_part(side, joints, n_rings, n_seg):
 
 def _arm_part(side, joints, n_rings, n_seg):
     sgn = 1.0 if side == "left" else -1.0
-    shoulder, elbow, wrist = (joints[_J[f"{side}_{n}"]] for n in ("shoulder", "elbow", "wrist"))
+    shoulder, elbow, wrist = (joints[JOINT_INDEX[f"{side}_{n}"]] for n in ("shoulder", "elbow", "wrist"))
     start = shoulder + np.array([-0.075 * sgn, -0.005, 0.0])
     pts = [start, shoulder, elbow, wrist]
     # u is forward (+z): forearms are wider front-to-back than top-to-bottom near the wrist.
@@ -490,8 +378,8 @@ def _arm_part(side, joints, n_rings, n_seg):
 
 def _palm_part(side, joints, n_rings, n_seg):
     sgn = 1.0 if side == "left" else -1.0
-    wrist = joints[_J[f"{side}_wrist"]]
-    knuckle_x = np.mean([joints[_J[f"{side}_{f}1"]][0] for f in ("index", "middle", "ring", "pinky")])
+    wrist = joints[JOINT_INDEX[f"{side}_wrist"]]
+    knuckle_x = np.mean([joints[JOINT_INDEX[f"{side}_{f}1"]][0] for f in ("index", "middle", "ring", "pinky")])
     pts = [
         wrist + np.array([-0.012 * sgn, -0.004, 0.0]),
         np.array([knuckle_x + 0.004 * sgn, wrist[1] - 0.008, wrist[2]]),
@@ -507,16 +395,16 @@ def _palm_part(side, joints, n_rings, n_seg):
     w[:, wr] = 1.0
     # Near the knuckles, hand over to the finger whose base is closest across the palm.
     along = part.axial / part.knots[-1]
-    finger_bases = {f: joints[_J[f"{side}_{f}1"]] for f in ("index", "middle", "ring", "pinky")}
+    finger_bases = {f: joints[JOINT_INDEX[f"{side}_{f}1"]] for f in ("index", "middle", "ring", "pinky")}
     near_knuckles = _smoothstep((along - 0.78) / 0.25)
     logits = np.stack([-(((part.verts[:, 2] - p[2]) / 0.008) ** 2) for p in finger_bases.values()], -1)
     soft = np.exp(logits - logits.max(-1, keepdims=True))
     soft /= soft.sum(-1, keepdims=True)
     for i, f in enumerate(finger_bases):
-        w[:, _J[f"{side}_{f}1"]] += 0.6 * near_knuckles * soft[:, i]
-    thumb_base = joints[_J[f"{side}_thumb1"]]
+        w[:, JOINT_INDEX[f"{side}_{f}1"]] += 0.6 * near_knuckles * soft[:, i]
+    thumb_base = joints[JOINT_INDEX[f"{side}_thumb1"]]
     near_thumb = 0.7 * np.exp(-np.sum((part.verts - thumb_base) ** 2, -1) / 0.018**2)
-    w[:, _J[f"{side}_thumb1"]] += near_thumb
+    w[:, JOINT_INDEX[f"{side}_thumb1"]] += near_thumb
     w[:, wr] = np.clip(1.0 - w.sum(1) + w[:, wr], 0.0, None)
     part.weights = w / w.sum(1, keepdims=True)
     part.regress = {}
@@ -525,9 +413,9 @@ def _palm_part(side, joints, n_rings, n_seg):
 
 def _finger_part(side, finger, joints, tips, n_rings, n_seg):
     names = [f"{side}_{finger}{k}" for k in (1, 2, 3)]
-    p1, p2, p3 = (joints[_J[n]] for n in names)
+    p1, p2, p3 = (joints[JOINT_INDEX[n]] for n in names)
     tip = tips[(side, finger)]
-    base_r = _FINGER_LAYOUT[finger][3]
+    base_r = FINGER_LAYOUT[finger][3]
     back = 0.016 if finger == "thumb" else 0.012
     pts = [p1, p2, p3, tip]
     ru = _profile(
@@ -551,8 +439,8 @@ def _finger_part(side, finger, joints, tips, n_rings, n_seg):
     frame = (0.0, 1.0, 0.0) if finger == "thumb" else (0.0, 0.0, 1.0)
     part = _limb(pts, n_rings, n_seg, frame, ru, rv, back, 0.0, n_cap=3, cap_depth=(0.6, 1.0))
     k = part.knots
-    wrist = _J[f"{side}_wrist"]
-    j1, j2, j3 = (_J[n] for n in names)
+    wrist = JOINT_INDEX[f"{side}_wrist"]
+    j1, j2, j3 = (JOINT_INDEX[n] for n in names)
     part.weights = _chain_weights(
         part.axial, [wrist, j1, j2, j3], [k[0] - 0.002, k[1], k[2]], [0.014, 0.012, 0.010]
     )
@@ -562,7 +450,7 @@ def _finger_part(side, finger, joints, tips, n_rings, n_seg):
 
 def _foot_part(side, joints, n_rings, n_seg):
     sgn = 1.0 if side == "left" else -1.0
-    ankle, ball = joints[_J[f"{side}_ankle"]], joints[_J[f"{side}_foot"]]
+    ankle, ball = joints[JOINT_INDEX[f"{side}_ankle"]], joints[JOINT_INDEX[f"{side}_foot"]]
     sole = SOLE_Y
     # Centreline from heel to toe tip: (x, y-centre, z) with half-height so the sole is flat.
     heel_z, toe_z = ankle[2] - 0.055, ball[2] + 0.09
@@ -584,14 +472,14 @@ def _foot_part(side, joints, n_rings, n_seg):
     centers = np.stack([np.interp(z, zs, xs), sole + hh, z], -1)
     centers, arc, ru, rv, p0, p1 = _round_caps(centers, z, hw, hh, 3, 0.5 * hh[0], 0.9 * hh[-1])
     part = _Part(centers, (1.0, 0.0, 0.0), ru, rv, n_seg, 2.6, pole_start=p0, pole_end=p1, arc=arc)
-    ankle_j, foot_j = _J[f"{side}_ankle"], _J[f"{side}_foot"]
+    ankle_j, foot_j = JOINT_INDEX[f"{side}_ankle"], JOINT_INDEX[f"{side}_foot"]
     part.weights = _chain_weights(part.axial, [ankle_j, foot_j], [ball[2]], [0.035])
     part.regress = {foot_j: part.rings_around(ball[2])}
     return part
 
 
 def _eye_part(side, joints, n_rings, n_seg):
-    center = joints[_J[f"{side}_eye_smplhf"]]
+    center = joints[JOINT_INDEX[f"{side}_eye_smplhf"]]
     radius = 0.012
     theta = np.linspace(0, np.pi, n_rings + 2)[1:-1]
     centers = center[None] + np.stack([0 * theta, 0 * theta, -radius * np.cos(theta)], -1)
@@ -608,20 +496,20 @@ def _eye_part(side, joints, n_rings, n_seg):
         arc=theta,
     )
     part.weights = np.zeros((len(part.verts), NUM_JOINTS))
-    part.weights[:, _J[f"{side}_eye_smplhf"]] = 1.0
-    part.regress = {_J[f"{side}_eye_smplhf"]: np.arange(len(part.verts))}
+    part.weights[:, JOINT_INDEX[f"{side}_eye_smplhf"]] = 1.0
+    part.regress = {JOINT_INDEX[f"{side}_eye_smplhf"]: np.arange(len(part.verts))}
     return part
 
 
 def _core_weights(part, joints):
     v = part.verts
     y = v[:, 1]
-    ys = [joints[_J[n]][1] for n in ("spine1", "spine2", "spine3", "neck", "head")]
+    ys = [joints[JOINT_INDEX[n]][1] for n in ("spine1", "spine2", "spine3", "neck", "head")]
     w = _chain_weights(y, [0, 3, 6, 9, 12, 15], ys, [0.07, 0.07, 0.07, 0.04, 0.04])
     ax = np.abs(v[:, 0])
     for side, sgn in (("left", 1.0), ("right", -1.0)):
         on_side = (np.sign(v[:, 0]) == sgn) | (ax < 1e-9)
-        shoulder = joints[_J[f"{side}_shoulder"]]
+        shoulder = joints[JOINT_INDEX[f"{side}_shoulder"]]
         # Upper chest / top of the shoulder follows the collar; its outer end follows the shoulder.
         collar_amt = (
             _smoothstep((ax - 0.04) / 0.07)
@@ -629,20 +517,20 @@ def _core_weights(part, joints):
             * (1 - _smoothstep((y - 0.215) / 0.03))
             * on_side
         )
-        w = _blend_towards(w, _J[f"{side}_collar"], 0.85 * collar_amt)
+        w = _blend_towards(w, JOINT_INDEX[f"{side}_collar"], 0.85 * collar_amt)
         sh_amt = (
             _smoothstep((ax - (abs(shoulder[0]) - 0.04)) / 0.04) * _smoothstep((y - 0.08) / 0.06) * on_side
         )
-        w = _blend_towards(w, _J[f"{side}_shoulder"], 0.6 * sh_amt)
+        w = _blend_towards(w, JOINT_INDEX[f"{side}_shoulder"], 0.6 * sh_amt)
         # The crotch and buttocks follow the thighs.
-        hip = joints[_J[f"{side}_hip"]]
+        hip = joints[JOINT_INDEX[f"{side}_hip"]]
         hip_amt = _smoothstep((ax - 0.02) / 0.08) * _smoothstep((hip[1] + 0.03 - y) / 0.09) * on_side
-        w = _blend_towards(w, _J[f"{side}_hip"], 0.6 * hip_amt)
+        w = _blend_towards(w, JOINT_INDEX[f"{side}_hip"], 0.6 * hip_amt)
     # Lower face in front of the ears opens with the jaw.
     jaw_amt = (
         (1 - _smoothstep((y - 0.312) / 0.045)) * _smoothstep((y - 0.255) / 0.05) * _smoothstep(v[:, 2] / 0.08)
     )
-    w = _blend_towards(w, _J["jaw"], 0.9 * jaw_amt)
+    w = _blend_towards(w, JOINT_INDEX["jaw"], 0.9 * jaw_amt)
     return w
 
 
@@ -662,14 +550,14 @@ _LIMB_RES = {
 _CORE_SEG = 56
 
 
-def _build_parts(gender: str):
-    joints, tips, scale_fn = _design_skeleton(gender)
+def build_parts(gender: str):
+    joints, tips, scale_fn = design_skeleton(gender)
     parts = []
     for side in ("left", "right"):
         parts.append(_leg_part(side, joints, *_LIMB_RES["leg"]))
         parts.append(_arm_part(side, joints, *_LIMB_RES["arm"]))
         parts.append(_palm_part(side, joints, *_LIMB_RES["palm"]))
-        for finger in _FINGERS:
+        for finger in FINGERS:
             res = _LIMB_RES["thumb" if finger == "thumb" else "finger"]
             parts.append(_finger_part(side, finger, joints, tips, *res))
         parts.append(_foot_part(side, joints, *_LIMB_RES["foot"]))
@@ -681,7 +569,7 @@ def _build_parts(gender: str):
     core.weights = _core_weights(core, joints)
     _split_edges(core, budget - n_rings * _CORE_SEG)
     core.regress = {j: core.rings_around(joints[j][1]) for j in (0, 3, 6, 9, 12, 15, 13, 14)}
-    core.regress[_J["jaw"]] = np.nonzero(np.abs(core.verts[:, 1] - joints[_J["jaw"]][1]) < 0.012)[0]
+    core.regress[JOINT_INDEX["jaw"]] = np.nonzero(np.abs(core.verts[:, 1] - joints[JOINT_INDEX["jaw"]][1]) < 0.012)[0]
     parts.insert(0, core)
     return parts, joints, tips, scale_fn
 
@@ -728,7 +616,7 @@ def _split_edges(part, count):
     part.weights = np.array(weights)
 
 
-def _vertex_normals(verts, faces):
+def vertex_normals(verts, faces):
     fn = np.cross(verts[faces[:, 1]] - verts[faces[:, 0]], verts[faces[:, 2]] - verts[faces[:, 0]])
     normals = np.zeros_like(verts)
     for k in range(3):
@@ -736,7 +624,7 @@ def _vertex_normals(verts, faces):
     return normals / np.maximum(np.linalg.norm(normals, axis=-1, keepdims=True), 1e-12)
 
 
-def _regressor_row(points, ids, target):
+def regressor_row(points, ids, target):
     """Weights over `points[ids]` closest to uniform that sum to 1 and average to `target`."""
     p = points[ids]
     k = len(ids)
@@ -746,7 +634,7 @@ def _regressor_row(points, ids, target):
     return u + np.linalg.pinv(a) @ (b - a @ u)
 
 
-def _landmark_layout():
+def landmark_layout():
     """51 (x, y) face positions of the neutral head, in LANDMARK_NAMES order."""
     pts = []
     pts += [(-0.055, 0.407), (-0.046, 0.413), (-0.036, 0.415), (-0.025, 0.414), (-0.013, 0.411)]
@@ -783,7 +671,7 @@ def _landmark_layout():
     return np.array(pts)
 
 
-def _project_to_front(verts, faces, candidate_faces, xy):
+def project_to_front(verts, faces, candidate_faces, xy):
     """For each (x, y), the front-facing candidate face under it and barycentric coordinates there."""
     tri = verts[faces[candidate_faces]]  # (C, 3, 3)
     out_f, out_b = [], []
@@ -807,12 +695,12 @@ def _project_to_front(verts, faces, candidate_faces, xy):
     return np.array(out_f), np.array(out_b)
 
 
-def _hand_pca(rng):
+def hand_pca(rng):
     """45x45 orthonormal hand components (rows) and a relaxed mean pose, for the left hand; the right
     hand mirrors them (axis-angle (x, y, z) -> (x, -y, -z))."""
     flex = np.zeros((15, 3))
     flex[:12] = (0.0, 0.0, -1.0)  # fingers along +x, palm down: curling rotates about -z
-    flex[12:] = _unit((0.45, 0.35, -0.8))  # thumb curls across the palm
+    flex[12:] = unit((0.45, 0.35, -0.8))  # thumb curls across the palm
     spread = np.zeros((15, 3))
     spread[[0, 3, 6, 9], 1] = [0.8, 0.2, -1.0, -0.5]  # index, middle, pinky, ring abduct about y
     oppose = np.zeros((15, 3))
@@ -826,147 +714,11 @@ def _hand_pca(rng):
     return comps, mean
 
 
-def _mirror_hand(arr):
+def mirror_hand(arr):
     a = np.asarray(arr).reshape(*np.shape(arr)[:-1], 15, 3).copy()
     a[..., 1:] *= -1
     return a.reshape(np.shape(arr))
 
-
-def build_synthetic_smplx(gender: str = "neutral", seed: int = 0, num_betas: int = NUM_SHAPE_DIRS) -> dict:
-    """The arrays of a synthetic SMPL-X model file (see the module docstring)."""
-    gender = gender.lower()
-    if gender not in ("neutral", "male", "female"):
-        raise ValueError(f"gender must be neutral, male or female, got {gender!r}")
-    if num_betas not in (10, NUM_SHAPE_DIRS):
-        raise ValueError(
-            "num_betas must be 300 (the SMPL-X v1.1 layout: 300 shape + 100 expression "
-            f"directions) or 10 (the v1.0 layout: 10 + 10), got {num_betas}"
-        )
-    rng = np.random.default_rng(seed)
-    parts, joints, tips, to_gender = _build_parts(gender)
-    offsets = np.cumsum([0] + [len(p.verts) for p in parts])
-    verts = np.concatenate([p.verts for p in parts])
-    faces = np.concatenate([p.faces + o for p, o in zip(parts, offsets[:-1], strict=True)])
-    weights = np.concatenate([p.weights for p in parts])
-    assert len(verts) == NUM_VERTICES, len(verts)
-
-    # Everything is designed on the neutral body; the gender map moves vertices and joints at the end
-    # and the regressor reproduces the mapped joints exactly.
-    gendered_verts, gendered_joints = to_gender(verts), to_gender(joints)
-    regressor = np.zeros((NUM_JOINTS, NUM_VERTICES))
-    for p, o in zip(parts, offsets[:-1], strict=True):
-        for j, ids in p.regress.items():
-            regressor[j] = 0.0
-            regressor[j, ids + o] = _regressor_row(gendered_verts, ids + o, gendered_joints[j])
-    missing = [JOINT_NAMES[j] for j in range(NUM_JOINTS) if not regressor[j].any()]
-    assert not missing, missing
-
-    # Special vertices smplx reads by id: choose them on this mesh, then permute them into place.
-    core_n = len(parts[0].verts)
-    part_index = {}
-    k = 1
-    for side in ("left", "right"):
-        for name in ("leg", "arm", "palm", *_FINGERS, "foot", "eye"):
-            part_index[(side, name)] = k
-            k += 1
-
-    def part_ids(side, name):
-        i = part_index[(side, name)]
-        return np.arange(offsets[i], offsets[i + 1])
-
-    head = np.arange(core_n)[verts[:core_n, 1] > 0.3]
-    special = {}
-    special["nose"] = head[np.argmax(verts[head, 2] - 5 * np.abs(verts[head, 0]))]
-    for side, sgn in (("left", 1.0), ("right", -1.0)):
-        eye = part_ids(side, "eye")
-        special[f"{side[0]}eye"] = eye[np.argmax(verts[eye, 2])]
-        ear_band = head[np.abs(verts[head, 1] - 0.385) < 0.01]
-        special[f"{side[0]}ear"] = ear_band[np.argmax(sgn * verts[ear_band, 0])]
-        for finger in _FINGERS:
-            ids = part_ids(side, finger)
-            d = tips[(side, finger)] - joints[_J[f"{side}_{finger}3"]]
-            special[f"{side[0]}{finger}"] = ids[np.argmax(verts[ids] @ _unit(d))]
-        foot = part_ids(side, "foot")
-        fv = verts[foot]
-        low = fv[:, 1] < SOLE_Y + 0.012
-        toe_score = fv[:, 2] - 0.5 * sgn * fv[:, 0]  # forward and towards the midline
-        special[f"{side[0].upper()}BigToe"] = foot[np.argmax(np.where(low, toe_score, -np.inf))]
-        small_score = fv[:, 2] + 0.8 * sgn * fv[:, 0]
-        special[f"{side[0].upper()}SmallToe"] = foot[np.argmax(np.where(low, small_score, -np.inf))]
-        special[f"{side[0].upper()}Heel"] = foot[np.argmax(np.where(low, -fv[:, 2], -np.inf))]
-    smplx_keys = {
-        "nose": "nose",
-        "right_eye": "reye",
-        "left_eye": "leye",
-        "right_ear": "rear",
-        "left_ear": "lear",
-        "left_big_toe": "LBigToe",
-        "left_small_toe": "LSmallToe",
-        "left_heel": "LHeel",
-        "right_big_toe": "RBigToe",
-        "right_small_toe": "RSmallToe",
-        "right_heel": "RHeel",
-    }
-    targets = {}
-    for name, vid in EXTRA_VERTEX_JOINTS:
-        key = smplx_keys.get(name) or f"{name[0]}{name.split('_')[1]}"
-        targets[vid] = special[key]
-    perm = np.full(NUM_VERTICES, -1)
-    for vid, old in targets.items():
-        perm[vid] = old
-    rest_old = np.setdiff1d(np.arange(NUM_VERTICES), list(targets.values()))
-    perm[perm < 0] = rest_old
-    inverse = np.empty_like(perm)
-    inverse[perm] = np.arange(NUM_VERTICES)
-    verts, weights, regressor = verts[perm], weights[perm], regressor[:, perm]
-    gendered_verts = gendered_verts[perm]
-    faces = inverse[faces]
-    core_mask = np.zeros(NUM_VERTICES, bool)
-    core_mask[inverse[np.arange(core_n)]] = True
-
-    normals = _vertex_normals(verts, faces)
-
-    # Face landmarks: project the 2D layout onto the front of the head.
-    face_cand = np.nonzero(
-        core_mask[faces].all(1)
-        & (verts[faces].mean(1)[:, 1] > 0.30)
-        & (
-            np.cross(verts[faces[:, 1]] - verts[faces[:, 0]], verts[faces[:, 2]] - verts[faces[:, 0]])[:, 2]
-            > 0
-        )
-    )[0]
-    lmk_faces, lmk_bary = _project_to_front(verts, faces, face_cand, _landmark_layout())
-    contour_xy = np.stack(
-        [np.linspace(-0.07, 0.07, 17), 0.30 + 0.045 * np.abs(np.linspace(-1, 1, 17)) ** 1.5], -1
-    )
-    contour_faces, contour_bary = _project_to_front(verts, faces, face_cand, contour_xy)
-    dyn_faces = np.repeat(contour_faces[None], 79, 0)
-    dyn_bary = np.repeat(contour_bary[None], 79, 0)
-
-    shapedirs = _shape_directions(verts, normals, weights, joints, core_mask, rng, num_betas)
-    posedirs = _pose_directions(normals, weights, rng)
-    comps_l, mean_l = _hand_pca(rng)
-
-    kintree = np.stack([np.array(PARENTS, dtype=np.int64), np.arange(NUM_JOINTS, dtype=np.int64)])
-    kintree[0, 0] = 4294967295  # the official files store the root's parent as uint32 -1
-    return {
-        "v_template": gendered_verts.astype(np.float64),
-        "f": faces.astype(np.uint32),
-        "weights": weights.astype(np.float64),
-        "J_regressor": regressor.astype(np.float64),
-        "kintree_table": kintree,
-        "shapedirs": shapedirs.astype(np.float32),
-        "posedirs": posedirs.astype(np.float32),
-        "hands_componentsl": comps_l,
-        "hands_componentsr": _mirror_hand(comps_l),
-        "hands_meanl": mean_l,
-        "hands_meanr": _mirror_hand(mean_l),
-        "lmk_faces_idx": lmk_faces.astype(np.int64),
-        "lmk_bary_coords": lmk_bary.astype(np.float64),
-        "dynamic_lmk_faces_idx": dyn_faces.astype(np.int64),
-        "dynamic_lmk_bary_coords": dyn_bary.astype(np.float64),
-        "gender": np.array(gender),
-    }
 
 
 def _rbf_fields(points, centers, sigma):
@@ -974,7 +726,7 @@ def _rbf_fields(points, centers, sigma):
     return np.exp(-d2 / (2 * sigma**2))
 
 
-def _shape_directions(verts, normals, weights, joints, core_mask, rng, num_betas):
+def shape_directions(verts, normals, weights, joints, core_mask, rng, num_betas):
     v = verts
     n = len(v)
     y = v[:, 1]
@@ -1006,7 +758,7 @@ def _shape_directions(verts, normals, weights, joints, core_mask, rng, num_betas
     coeffs = rng.normal(size=(64, num_betas - 10))
     decay = 0.01 * np.exp(-np.arange(num_betas - 10) / 60.0)
     dirs[:, :, 10:] = normals[:, :, None] * (fields @ coeffs * decay)[:, None, :]
-    num_expr = 10 if num_betas == 10 else NUM_EXPRESSION_DIRS
+    num_expr = 10 if num_betas == 10 else EXPRESSION_SPACE_DIM
     # Expression: bulges on the face only (front of the head, eyes to chin), a few millimetres.
     face = (core_mask & (y > 0.28) & (y < 0.43) & (v[:, 2] > 0.03)).astype(np.float64)
     face_ids = np.nonzero(face)[0]
@@ -1021,72 +773,10 @@ def _shape_directions(verts, normals, weights, joints, core_mask, rng, num_betas
     return np.concatenate([dirs, expr], axis=2)
 
 
-def _pose_directions(normals, weights, rng):
+def pose_directions(normals, weights, rng):
     """Small pose correctives: bulges along the normal where a joint's weight is blended, driven by
     that joint's (R - I) entries (the SMPL pose feature)."""
     blend = 4.0 * weights[:, 1:] * (1.0 - weights[:, 1:])  # (n, 54): peaks in transition zones
     coeff = 0.004 * rng.normal(size=(NUM_JOINTS - 1, 9))
     feature_gain = blend[:, :, None] * coeff[None]  # (n, 54, 9)
     return normals[:, :, None] * feature_gain.reshape(len(normals), 1, NUM_POSE_FEATURES)
-
-
-def write_synthetic_smplx(
-    path, gender: str = "neutral", seed: int = 0, num_betas: int = NUM_SHAPE_DIRS
-) -> Path:
-    """Write a synthetic SMPL-X `.npz` to `path` (a file, or a folder that gets SMPLX_<GENDER>.npz).
-
-    Name files SMPLX_NEUTRAL.npz / SMPLX_MALE.npz / SMPLX_FEMALE.npz so that `smplx.create` infers
-    the model type. num_betas is 300 (v1.1 layout, shapedirs (10475, 3, 400)) or 10 (v1.0 layout,
-    (10475, 3, 20)).
-    """
-    path = Path(path)
-    if path.suffix != ".npz":
-        path = path / f"SMPLX_{gender.upper()}.npz"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = build_synthetic_smplx(gender=gender, seed=seed, num_betas=num_betas)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
-    np.savez(tmp, **data)
-    os.replace(tmp, path)  # atomic: concurrent test workers never read a half-written file
-    return path
-
-
-def default_cache_dir() -> Path:
-    """The package's cache root (`zerohsi_jax.cache.cache_root`)."""
-    from ..cache import cache_root
-
-    return cache_root()
-
-
-def _generator_fingerprint() -> str:
-    """Short hash of the generator (this file and the skeleton tables it builds from), so a cached
-    model is regenerated whenever either changes."""
-    import hashlib
-
-    digest = hashlib.sha1(Path(__file__).read_bytes())
-    digest.update(Path(__file__).with_name("joint_names.py").read_bytes())
-    return digest.hexdigest()[:10]
-
-
-def synthetic_smplx_path(
-    cache_dir=None, gender: str = "neutral", seed: int = 0, num_betas: int = NUM_SHAPE_DIRS
-) -> Path:
-    """Path of a cached synthetic model file, written on first use (cache_dir defaults to
-    $ZEROHSI_JAX_CACHE or ~/.cache/zerohsi_jax). The folder name carries the seed, the layout and a
-    hash of the generator, and files are written atomically, so concurrent callers are safe."""
-    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    folder = cache / f"synthetic_smplx_{_generator_fingerprint()}_seed{seed}_b{num_betas}"
-    path = folder / f"SMPLX_{gender.upper()}.npz"
-    if not path.exists():
-        write_synthetic_smplx(path, gender=gender, seed=seed, num_betas=num_betas)
-        _remove_stale_caches(cache, folder.name.split("_")[2])
-    return path
-
-
-def _remove_stale_caches(cache: Path, fingerprint: str) -> None:
-    """Best-effort removal of files written by older versions of the generator (~120 MB each)."""
-    import shutil
-
-    for old in cache.glob("synthetic_smplx_*"):
-        parts = old.name.split("_")
-        if old.is_dir() and len(parts) > 2 and parts[2] != fingerprint:
-            shutil.rmtree(old, ignore_errors=True)
