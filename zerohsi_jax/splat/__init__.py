@@ -25,6 +25,7 @@ Capacities. Binning writes tile-Gaussian pairs into buffers of static size: at m
 """
 
 from .binning import TileBins, bin_gaussians
+from .bound_scene import BoundScene, bind_static, fit_bound_capacity, merge_tile_lists, render_bound
 from .camera import Camera, CameraFileError
 from .composite import composite
 from .config import RasterConfig
@@ -45,6 +46,7 @@ from .render import (
 )
 
 __all__ = [
+    "BoundScene",
     "Camera",
     "CameraFileError",
     "Gaussians",
@@ -56,17 +58,21 @@ __all__ = [
     "TileBins",
     "bin_gaussians",
     "bin_gaussians_dense",
+    "bind_static",
     "check_overflow",
     "composite",
     "eval_sh_colors",
+    "fit_bound_capacity",
     "fit_capacity",
     "grown_capacity",
     "load_ply",
     "measure_capacity",
+    "merge_tile_lists",
     "project",
     "quat_to_rotmat",
     "random_gaussians",
     "render",
+    "render_bound",
     "render_projected",
     "rgb_to_sh0",
     "save_ply",

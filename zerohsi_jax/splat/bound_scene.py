@@ -1,0 +1,420 @@
+"""The static scene bound once per camera: projected, coloured and binned, then merged each render
+with the Gaussians that move.
+
+In the per-frame HSI fit the camera is fixed and the scene's Gaussians never change; only the
+avatar's and the object's move. `bind_static` does the scene's share of `render` once
+(projection, view-dependent colours, tile lists sorted by depth), and `render_bound` projects
+and bins only the dynamic Gaussians, merges each tile's two depth-sorted lists into one list of
+`tile_capacity` slots, and composites with the same `composite` as `render` (its custom_vjp,
+compiled backward and pure-JAX fallback). The per-render cost is that of the dynamic set plus the
+tiles' capacity-bounded lists, whatever the scene's size.
+
+Equality with the full render. `render_bound(bind_static(scene, cam, cfg), dynamic, cam, ...)`
+equals `render(Gaussians.concatenate([scene, dynamic]), cam, ...)` (rgb, depth, alpha,
+depth_accum, features, group_masks) up to float32 round-off:
+- Order. `render` sorts the Gaussians by depth with a stable sort, so equal depths keep their
+  index order; in the concatenation [scene, dynamic] a scene Gaussian therefore precedes a
+  dynamic one of equal depth, and within each set the lower index comes first. The merge keeps
+  exactly that order: each list is already in (depth, index) order and on equal depth the scene's
+  entry goes first.
+- Channels. As `Gaussians.concatenate([scene, dynamic])`: a set without `features` contributes
+  zeros; a set without `groups` gets its position (scene 0, dynamic 1); SH of different degrees
+  give the same colours as the zero-padded concatenation.
+- The scene's screen values are those of `project(scene, camera, config)` (only its projection
+  settings: `tile_size`, `eps2d`, `antialiased`, `alpha_min`, `pixel_offset`, `clip_margin`, which
+  must match between bind and render; `render_bound` checks them).
+
+Capacities and overflow. The merged list of a tile holds the first `config.tile_capacity` of the
+tile's scene and dynamic Gaussians in the order above, as `render`'s tile list does. Pair buffers
+are per part: the scene's pairs were written at bind into its own buffer (the bind config's
+`pair_capacity`), the dynamic pairs go into one of `config.pair_capacity` pairs each render (size it
+for the dynamic set alone, `fit_bound_capacity`; a buffer sized for the whole scene would make every
+render pay for the scene). The counts keep `render`'s definitions on the concatenation:
+- `num_pairs`: scene pairs + dynamic pairs (exact, whatever the capacities);
+- `max_tile_count`: the largest scene + dynamic count of one tile (exact);
+- `overflow`: `num_pairs` minus the pairs composited, i.e. every pair dropped, at bind (a scene tile
+  list or pair buffer too small) or here (a merged tile list or the dynamic pair buffer).
+So a render that fits reports 0; one that is short of tile capacity only drops the same pairs as
+`render` at that tile capacity and reports the same count; when a pair buffer is short, each part
+has a buffer of the given size where `render` shares one, so it drops no more than `render` would
+(possibly other pairs), and reports what it dropped. `render_bound` never re-renders: with
+`overflow="error"` it raises (`equinox.error_if`), otherwise the count is returned; re-bind and
+re-render at `fit_bound_capacity`'s config.
+
+Use in a per-frame fit (bind outside the optimiser's loop, render inside the loss)::
+
+    scene_cfg = fit_capacity(Gaussians.concatenate([scene, dynamic0]), camera, config)
+    bound = bind_static(scene, camera, scene_cfg)            # once per frame
+    cfg = fit_bound_capacity(bound, dynamic0, camera, scene_cfg)
+
+    def loss(params):
+        dynamic = Gaussians.concatenate([avatar_gaussians(params), object_gaussians(params)])
+        out = render_bound(bound, dynamic, camera, background, num_groups=3, config=cfg)
+        return photometric(out.rgb, target) + mask_loss(out.group_masks, masks)
+
+    def step(carry, _):
+        params, opt_state = carry
+        grads = jax.grad(loss)(params)
+        ...
+    jax.lax.scan(step, (params, opt_state), None, length=num_iters)   # `bound` is a constant here
+    # afterwards, on the host: out.overflow > 0 -> cfg = fit_bound_capacity(bound, dynamic, ...)
+    # (and re-bind with a grown tile capacity if the scene's own lists were short).
+"""
+
+from __future__ import annotations
+
+import math
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Float, Int
+
+from .binning import TileBins, bin_gaussians, tile_counts, tile_grid, tile_ranges
+from .camera import Camera
+from .config import RasterConfig
+from .gaussians import Gaussians
+from .projection import project
+from .render import (
+    RenderOutput,
+    _next_power_of_two,
+    _round_pair_capacity,
+    _round_tile_capacity,
+    _tracing,
+    composite_binned,
+)
+
+# The settings that shape a Gaussian's screen values and tiles: they must agree between the
+# bind and the render (capacities, chunking, the backward and the overflow policy may differ).
+_PROJECTION_FIELDS = ("tile_size", "eps2d", "antialiased", "alpha_min", "pixel_offset", "clip_margin")
+
+
+class BoundScene(eqx.Module):
+    """The static scene as one camera sees it, compacted to the Gaussians that reach a tile.
+
+    Entry m of the per-Gaussian arrays is a scene Gaussian that some tile list references
+    (entries past those, padding, have opacity 0 and are referenced by none); `ids` index them."""
+
+    means2d: Float[Array, "M 2"]
+    conics: Float[Array, "M 3"]
+    opacities: Float[Array, " M"]
+    """Compositing opacity (0 for padding entries)."""
+    depths: Float[Array, " M"]
+    colors: Float[Array, "M 3"]
+    """View-dependent colour for this camera."""
+    features: Float[Array, "M E"] | None
+    groups: Int[Array, " M"]
+    """Group ids (0 where the scene had none, as `Gaussians.concatenate` gives the first set)."""
+    ids: Int[Array, "T Ks"]
+    """Per tile, entries front to back (ties in scene-index order); slots at or past `counts` hold 0."""
+    counts: Int[Array, " T"]
+    tile_counts: Int[Array, " T"]
+    """Scene Gaussians touching each tile, exact (uncapped)."""
+    num_pairs: Int[Array, ""]
+    """Scene tile-Gaussian pairs, exact."""
+    camera: Camera
+    config: RasterConfig = eqx.field(static=True)
+    """The bind config (its projection settings must match the render's)."""
+
+    @property
+    def num_entries(self) -> int:
+        return self.means2d.shape[-2]
+
+
+def bind_static(scene: Gaussians, camera: Camera, config: RasterConfig = RasterConfig()) -> BoundScene:
+    """Project, colour and bin `scene` for `camera` once: the static half of `render_bound`.
+
+    `config.tile_capacity` is the length of each scene tile list (give the tile capacity the
+    merged render will use; more is useless, less drops scene pairs, counted by `render_bound`);
+    `config.pair_capacity` sizes the scene's one-off pair buffer. Called eagerly, capacities left
+    at None are measured on the scene (exact), and the per-Gaussian arrays are cut to the
+    Gaussians some tile references (rounded up to a power of two). Traced (jit, vmap), the tile
+    capacity must be given and those arrays keep min(N, tiles x tile_capacity) entries."""
+    if _tracing(scene, camera):
+        if config.tile_capacity is None:
+            raise ValueError(
+                "bind_static: RasterConfig.tile_capacity is None but bind_static is traced; pass "
+                "fit_capacity(scene, camera, config) or RasterConfig(tile_capacity=...)"
+            )
+        bound, _ = _bind_fixed(scene, camera, config)
+        return bound
+    if config.tile_capacity is None or config.pair_capacity is None:
+        need_tile, need_pairs = (int(x) for x in _scene_needs(scene, camera, config))
+        config = config.with_capacity(
+            tile_capacity=_round_tile_capacity(_next_power_of_two(need_tile), config.chunk_size)
+            if config.tile_capacity is None else None,
+            pair_capacity=_round_pair_capacity(need_pairs) if config.pair_capacity is None else None,
+        )  # fmt: skip
+    bound, used = _bind_jit(scene, camera, config)
+    # Entries are in scene order with the referenced ones first, so a prefix holds them all.
+    keep = min(bound.num_entries, max(1, _next_power_of_two(int(used))))
+    return _take_entries(bound, keep)
+
+
+def _take_entries(bound: BoundScene, keep: int) -> BoundScene:
+    cut = lambda x: None if x is None else x[:keep]  # noqa: E731
+    fields = ("means2d", "conics", "opacities", "depths", "colors", "features", "groups")
+    return eqx.tree_at(
+        lambda b: [getattr(b, f) for f in fields],
+        bound,
+        [cut(getattr(bound, f)) for f in fields],
+        is_leaf=lambda x: x is None,
+    )
+
+
+@eqx.filter_jit
+def _scene_needs(scene, camera, config):
+    proj = project(scene, camera, config)
+    ranges, n_tiles = tile_ranges(proj, camera.width, camera.height, config)
+    tiles_x, tiles_y = tile_grid(camera.width, camera.height, config.tile_size)
+    return jnp.max(tile_counts(ranges, n_tiles, tiles_x, tiles_y)), jnp.sum(n_tiles)
+
+
+def _bind_fixed(scene: Gaussians, camera: Camera, config: RasterConfig) -> tuple[BoundScene, Int[Array, ""]]:
+    """The bound scene with min(N, tiles x capacity) entries, and how many of them are referenced."""
+    n = scene.num
+    proj = project(scene, camera, config)
+    bins = bin_gaussians(proj, camera.width, camera.height, config)
+    tiles_x, tiles_y = tile_grid(camera.width, camera.height, config.tile_size)
+    ranges, n_tiles = tile_ranges(proj, camera.width, camera.height, config)
+    cap = bins.ids.shape[1]
+    valid = jnp.arange(cap)[None, :] < bins.counts[:, None]
+
+    # Compact to the Gaussians some tile list references: a render then gathers, concatenates
+    # and scatters gradients over at most tiles x capacity entries, not the whole scene.
+    size = min(n, bins.ids.size)
+    referenced = jnp.zeros((n,), bool).at[bins.ids].max(valid)
+    used = jnp.sum(referenced)
+    entry = jnp.nonzero(referenced, size=size, fill_value=n)[0]
+    padding = entry >= n
+    entry_safe = jnp.where(padding, 0, entry)
+    slot_of = jnp.zeros((n,), jnp.int32).at[entry].set(jnp.arange(size, dtype=jnp.int32), mode="drop")
+    ids = jnp.where(valid, slot_of[bins.ids], 0)
+
+    dtype = scene.means.dtype
+    opacities = jnp.where(proj.visible, proj.opacities, 0.0)[entry_safe]
+    groups = scene.groups if scene.groups is not None else jnp.zeros((n,), jnp.int32)
+    bound = BoundScene(
+        means2d=proj.means2d[entry_safe],
+        conics=proj.conics[entry_safe],
+        opacities=jnp.where(padding, 0.0, opacities),
+        depths=proj.depths[entry_safe],
+        colors=scene.colors(camera.position)[entry_safe],
+        features=None if scene.features is None else scene.features.astype(dtype)[entry_safe],
+        groups=groups[entry_safe],
+        ids=ids,
+        counts=bins.counts,
+        tile_counts=tile_counts(ranges, n_tiles, tiles_x, tiles_y),
+        num_pairs=bins.num_pairs,
+        camera=camera,
+        config=config,
+    )
+    return bound, used
+
+
+_bind_jit = eqx.filter_jit(_bind_fixed)
+
+
+def merge_tile_lists(
+    first_ids: Int[Array, "T Ka"],
+    first_counts: Int[Array, " T"],
+    first_depths: Float[Array, "T Ka"],
+    second_ids: Int[Array, "T Kb"],
+    second_counts: Int[Array, " T"],
+    second_depths: Float[Array, "T Kb"],
+    capacity: int,
+) -> tuple[Int[Array, "T K"], Int[Array, " T"]]:
+    """Merge two per-tile lists, each sorted by depth, into one of `capacity` slots.
+
+    On equal depth an entry of `first` precedes one of `second`. Merge by rank: an entry's merged
+    slot is its own slot plus the number of entries of the other list in front of it (a binary
+    search per entry), so the cost is (Ka + Kb) log per tile. Entries whose slot is past
+    `capacity` are dropped; the merged count is min(counts sum, capacity)."""
+    num_tiles = first_ids.shape[0]
+    slot_a = jnp.arange(first_ids.shape[1], dtype=jnp.int32)
+    slot_b = jnp.arange(second_ids.shape[1], dtype=jnp.int32)
+    valid_a = slot_a[None, :] < first_counts[:, None]
+    valid_b = slot_b[None, :] < second_counts[:, None]
+    # Empty slots sort last; every listed Gaussian is visible, hence at a finite depth.
+    key_a = jnp.where(valid_a, first_depths, jnp.inf)
+    key_b = jnp.where(valid_b, second_depths, jnp.inf)
+    in_front_of_a = jax.vmap(lambda keys, q: jnp.searchsorted(keys, q, side="left"))(key_b, key_a)
+    in_front_of_b = jax.vmap(lambda keys, q: jnp.searchsorted(keys, q, side="right"))(key_a, key_b)
+    pos_a = jnp.where(valid_a, slot_a[None, :] + in_front_of_a.astype(jnp.int32), capacity)
+    pos_b = jnp.where(valid_b, slot_b[None, :] + in_front_of_b.astype(jnp.int32), capacity)
+    rows = jnp.arange(num_tiles)[:, None]
+    merged = jnp.zeros((num_tiles, capacity), jnp.int32)
+    merged = merged.at[rows, pos_a].set(first_ids.astype(jnp.int32), mode="drop", unique_indices=True)
+    merged = merged.at[rows, pos_b].set(second_ids.astype(jnp.int32), mode="drop", unique_indices=True)
+    counts = jnp.minimum(first_counts + second_counts, capacity).astype(jnp.int32)
+    return merged, counts
+
+
+def render_bound(
+    bound: BoundScene,
+    dynamic: Gaussians,
+    camera: Camera,
+    background: Float[Array, "3"] | None = None,
+    *,
+    num_groups: int = 0,
+    config: RasterConfig = RasterConfig(),
+) -> RenderOutput:
+    """`render(Gaussians.concatenate([scene, dynamic]), camera, background, ...)` for the scene
+    bound by `bind_static(scene, camera, ...)`: only `dynamic` is projected and binned here.
+
+    `camera` must be the bound one (checked when called eagerly). `config.tile_capacity` is the
+    merged tile list's length; `config.pair_capacity` the dynamic set's pair buffer (see the
+    module docstring for the overflow counts; `fit_bound_capacity` measures both). Gradients flow
+    to `dynamic` (and to `bound`'s arrays). jit-, vmap- and grad-able (`num_groups`, `config`
+    static); eagerly, capacities left at None are measured."""
+    _check_compatible(bound, camera, config)
+    if _tracing(bound, dynamic, camera, background):
+        if config.tile_capacity is None:
+            raise ValueError(
+                "render_bound: RasterConfig.tile_capacity is None but render_bound is traced; pass "
+                "fit_bound_capacity(bound, dynamic, camera, config)"
+            )
+        return _render_bound_checked(bound, dynamic, camera, background, num_groups, config)
+    if not bool(jnp.allclose(bound.camera.viewmat, camera.viewmat)) or not all(
+        bool(jnp.allclose(getattr(bound.camera, f), getattr(camera, f))) for f in ("fx", "fy", "cx", "cy")
+    ):
+        raise ValueError("render_bound: `camera` is not the camera the scene was bound for (bind_static again)")
+    if config.tile_capacity is None or config.pair_capacity is None:
+        fitted = fit_bound_capacity(bound, dynamic, camera, config, headroom=1.0)
+        config = config.with_capacity(
+            tile_capacity=fitted.tile_capacity if config.tile_capacity is None else None,
+            pair_capacity=fitted.pair_capacity if config.pair_capacity is None else None,
+        )
+    if background is not None:
+        background = jnp.asarray(background, dynamic.means.dtype)
+    return _render_bound_jit(bound, dynamic, camera, background, num_groups, config)
+
+
+def _check_compatible(bound: BoundScene, camera: Camera, config: RasterConfig) -> None:
+    diff = [f for f in _PROJECTION_FIELDS if getattr(bound.config, f) != getattr(config, f)]
+    if diff:
+        raise ValueError(
+            f"render_bound: the config differs from the bind config in {diff}; bind and render need the same "
+            f"projection settings"
+        )
+    tiles_x, tiles_y = tile_grid(camera.width, camera.height, config.tile_size)
+    if bound.ids.shape[-2] != tiles_x * tiles_y or (bound.camera.width, bound.camera.height) != (
+        camera.width,
+        camera.height,
+    ):
+        raise ValueError(
+            f"render_bound: the scene was bound for a {bound.camera.width}x{bound.camera.height} image, "
+            f"not {camera.width}x{camera.height}"
+        )
+
+
+def _render_bound_checked(bound, dynamic, camera, background, num_groups, config):
+    out = _render_bound_fixed(bound, dynamic, camera, background, num_groups, config)
+    if config.overflow == "error":
+        out = eqx.error_if(
+            out, out.overflow > 0,
+            "render_bound: tile-Gaussian pairs did not fit (overflow='error'); re-bind and re-render at "
+            "fit_bound_capacity's config",
+        )  # fmt: skip
+    return out
+
+
+def _render_bound_fixed(bound, dynamic, camera, background, num_groups: int, config: RasterConfig) -> RenderOutput:
+    cap = config.tile_capacity
+    width, height = camera.width, camera.height
+    dtype = dynamic.means.dtype
+    proj = project(dynamic, camera, config)
+    dyn_bins = bin_gaussians(proj, width, height, config)
+    tiles_x, tiles_y = tile_grid(width, height, config.tile_size)
+    ranges, n_tiles = tile_ranges(proj, width, height, config)
+    dyn_tile_counts = tile_counts(ranges, n_tiles, tiles_x, tiles_y)
+
+    # Past `cap` a scene entry cannot reach the merged list, so only that prefix is merged.
+    scene_ids = bound.ids[:, :cap]
+    scene_counts = jnp.minimum(bound.counts, scene_ids.shape[1])
+    m = bound.num_entries
+    ids, counts = merge_tile_lists(
+        scene_ids, scene_counts, jax.lax.stop_gradient(bound.depths)[scene_ids],
+        dyn_bins.ids + m, dyn_bins.counts, jax.lax.stop_gradient(proj.depths)[dyn_bins.ids],
+        cap,
+    )  # fmt: skip
+
+    n_dyn = dynamic.num
+    feature_widths = {f.shape[-1] for f in (bound.features, dynamic.features) if f is not None}
+    if len(feature_widths) > 1:
+        raise ValueError(f"render_bound: feature widths differ between scene and dynamic: {sorted(feature_widths)}")
+    features = None
+    if feature_widths:
+        (e,) = feature_widths
+        scene_f = bound.features if bound.features is not None else jnp.zeros((m, e), dtype)
+        dyn_f = dynamic.features if dynamic.features is not None else jnp.zeros((n_dyn, e), dtype)
+        features = jnp.concatenate([scene_f.astype(dtype), dyn_f.astype(dtype)])
+    dyn_groups = dynamic.groups if dynamic.groups is not None else jnp.ones((n_dyn,), jnp.int32)
+
+    cat = lambda a, b: jnp.concatenate([a.astype(dtype), b.astype(dtype)])  # noqa: E731
+    total_pairs = (bound.num_pairs + dyn_bins.num_pairs).astype(jnp.int32)
+    bins = TileBins(
+        ids=ids,
+        counts=counts,
+        overflow=(total_pairs - jnp.sum(counts)).astype(jnp.int32),
+        max_tile_count=jnp.max(bound.tile_counts + dyn_tile_counts).astype(jnp.int32),
+        num_pairs=total_pairs,
+    )
+    return composite_binned(
+        cat(bound.means2d, proj.means2d),
+        cat(bound.conics, proj.conics),
+        cat(bound.opacities, jnp.where(proj.visible, proj.opacities, 0.0)),
+        cat(bound.colors, dynamic.colors(camera.position)),
+        cat(bound.depths, proj.depths),
+        features,
+        jnp.concatenate([bound.groups, dyn_groups.astype(jnp.int32)]),
+        bins,
+        camera,
+        background,
+        num_groups=num_groups,
+        config=config,
+    )
+
+
+_render_bound_jit = eqx.filter_jit(_render_bound_checked)
+
+
+def _dynamic_needs(bound, dynamic, camera, config):
+    proj = project(dynamic, camera, config)
+    ranges, n_tiles = tile_ranges(proj, camera.width, camera.height, config)
+    tiles_x, tiles_y = tile_grid(camera.width, camera.height, config.tile_size)
+    merged = bound.tile_counts + tile_counts(ranges, n_tiles, tiles_x, tiles_y)
+    return jnp.max(merged), jnp.sum(n_tiles)
+
+
+@eqx.filter_jit
+def _dynamic_needs_batch(bound, dynamic, camera, config):
+    return eqx.filter_vmap(_dynamic_needs, in_axes=(None, 0, None, None))(bound, dynamic, camera, config)
+
+
+def fit_bound_capacity(
+    bound: BoundScene,
+    dynamic: Gaussians,
+    camera: Camera,
+    config: RasterConfig = RasterConfig(),
+    headroom: float = 1.5,
+) -> RasterConfig:
+    """`config` with capacities for `render_bound(bound, dynamic, camera, ...)`, times `headroom`:
+    a tile capacity for the merged lists (largest scene + dynamic count of a tile) and a pair
+    capacity for the dynamic set alone. Eager (reads counts back to the host).
+
+    If the merged need exceeds the scene lists' length (`bound.ids.shape[1]`), scene pairs
+    were already dropped at bind: bind again with this config. `dynamic` (and `bound`) may carry
+    leading axes (frames, seeds, steps): the largest need is taken."""
+    if _tracing(bound, dynamic, camera):
+        raise ValueError("fit_bound_capacity reads counts back to the host: call it outside jit, vmap and grad")
+    lead = dynamic.means.ndim - 2
+    batch = math.prod(dynamic.means.shape[:lead])
+    flat = jax.tree.map(lambda x: x.reshape((batch,) + x.shape[lead:]), dynamic)
+    tile, pairs = _dynamic_needs_batch(bound, flat, camera, config)
+    tile, pairs = int(np.max(np.asarray(tile))), int(np.max(np.asarray(pairs)))
+    return config.with_capacity(
+        tile_capacity=_round_tile_capacity(math.ceil(tile * headroom), config.chunk_size),
+        pair_capacity=_round_pair_capacity(pairs * headroom),
+    )
