@@ -4,15 +4,19 @@ overflow counts, jit and vmap.
 The programs are few and shared (fixed shapes, one config per purpose, the bind traced so that
 its entry count is static) because compiling them is most of this file's time."""
 
+import dataclasses
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from splat_scenes import random_camera, random_scene
 
 from zerohsi_jax.splat import (
     Gaussians,
     RasterConfig,
+    RasterOverflowError,
     bind_static,
     fit_bound_capacity,
     fit_capacity,
@@ -175,6 +179,15 @@ def test_eager_bind_measures_and_compacts():
     fitted = fit_capacity(Gaussians.concatenate([scene, dynamic]), cam, CFG)
     cfg = fit_bound_capacity(bound, dynamic, cam, CFG)
     assert cfg.tile_capacity == fitted.tile_capacity and cfg.pair_capacity <= fitted.pair_capacity
+
+    # Eager overflow policies, as render's: 'grow' renders again at capacities that fit.
+    small = RasterConfig(tile_capacity=24, pair_capacity=16, chunk_size=4, backward="jax")
+    with pytest.warns(RuntimeWarning, match="rendered again"):
+        out = render_bound(bound, dynamic, cam, config=small)
+    assert int(out.overflow) == 0
+    with pytest.raises(RasterOverflowError, match="tile_capacity="):
+        render_bound(bound, dynamic, cam, config=dataclasses.replace(small, overflow="error"))
+    assert int(render_bound(bound, dynamic, cam, config=dataclasses.replace(small, overflow="drop")).overflow) > 0
 
 
 def test_jit_and_vmap_over_cameras_and_dynamic_sets():

@@ -22,6 +22,10 @@ Capacities. Binning writes tile-Gaussian pairs into buffers of static size: at m
   suffices for the same inputs; a later step whose Gaussians moved may need another.
 - `overflow="error"` raises instead: `RasterOverflowError` in an eager render, an
   `equinox.error_if` runtime error under jit.
+
+A static scene seen by a fixed camera (the per-frame HSI fit) is projected and binned once by
+`bind_static`; `render_bound` then renders it with Gaussians that move, binning only those and
+merging per-tile lists (`bound_scene`, which states how its results equal `render`'s).
 """
 
 from .binning import TileBins, bin_gaussians

@@ -37,9 +37,9 @@ render pay for the scene). The counts keep `render`'s definitions on the concate
 So a render that fits reports 0; one that is short of tile capacity only drops the same pairs as
 `render` at that tile capacity and reports the same count; when a pair buffer is short, each part
 has a buffer of the given size where `render` shares one, so it drops no more than `render` would
-(possibly other pairs), and reports what it dropped. `render_bound` never re-renders: with
-`overflow="error"` it raises (`equinox.error_if`), otherwise the count is returned; re-bind and
-re-render at `fit_bound_capacity`'s config.
+(possibly other pairs), and reports what it dropped. Traced, `render_bound` never re-renders: with
+`overflow="error"` it raises (`equinox.error_if`), otherwise the count is returned; re-bind or
+re-render at `fit_bound_capacity`'s config. Eagerly, the policies act as in `render`.
 
 Use in a per-frame fit (bind outside the optimiser's loop, render inside the loss)::
 
@@ -63,7 +63,9 @@ Use in a per-frame fit (bind outside the optimiser's loop, render inside the los
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import warnings
 
 import equinox as eqx
 import jax
@@ -77,6 +79,7 @@ from .config import RasterConfig
 from .gaussians import Gaussians
 from .projection import project
 from .render import (
+    RasterOverflowError,
     RenderOutput,
     _next_power_of_two,
     _round_pair_capacity,
@@ -267,7 +270,10 @@ def render_bound(
     merged tile list's length; `config.pair_capacity` the dynamic set's pair buffer (see the
     module docstring for the overflow counts; `fit_bound_capacity` measures both). Gradients flow
     to `dynamic` (and to `bound`'s arrays). jit-, vmap- and grad-able (`num_groups`, `config`
-    static); eagerly, capacities left at None are measured."""
+    static). Eagerly, capacities left at None are measured, and `config.overflow` acts as in
+    `render`: 'grow' renders again at `fit_bound_capacity`'s config (warning), 'error' raises
+    `RasterOverflowError`, 'drop' returns the count; when the scene's own lists were short at
+    bind, 'grow' raises too, naming the capacities to bind again with."""
     _check_compatible(bound, camera, config)
     if _tracing(bound, dynamic, camera, background):
         if config.tile_capacity is None:
@@ -288,7 +294,38 @@ def render_bound(
         )
     if background is not None:
         background = jnp.asarray(background, dynamic.means.dtype)
-    return _render_bound_jit(bound, dynamic, camera, background, num_groups, config)
+    policy = config.overflow
+    # The policy acts here, on the host: configs that differ only in it share one program.
+    out = _render_bound_jit(bound, dynamic, camera, background, num_groups, _dropping(config))
+    dropped = int(out.overflow)
+    if dropped == 0 or policy == "drop":
+        return out
+    grown = fit_bound_capacity(bound, dynamic, camera, config, headroom=1.25)
+    # Scene pairs dropped at bind cannot be recovered here: only a new bind brings them back.
+    scene_short = int(bound.num_pairs) > int(jnp.sum(bound.counts)) or grown.tile_capacity > bound.ids.shape[1]
+    shortfall = (
+        f"render_bound: {dropped} tile-Gaussian pairs did not fit (tile_capacity={config.tile_capacity}, "
+        f"dynamic pair_capacity={config.pair_capacity}, scene lists of {bound.ids.shape[1]})"
+    )
+    if policy == "error" or scene_short:
+        fix = (
+            f"bind again with RasterConfig(tile_capacity={grown.tile_capacity}) and render at tile_capacity="
+            f"{grown.tile_capacity}, pair_capacity={grown.pair_capacity}"
+            if scene_short
+            else f"render at RasterConfig(tile_capacity={grown.tile_capacity}, pair_capacity={grown.pair_capacity})"
+        )
+        raise RasterOverflowError(f"{shortfall}; {fix}, or use overflow='drop' to keep the count.")
+    warnings.warn(
+        f"{shortfall}; rendered again with tile_capacity={grown.tile_capacity}, pair_capacity={grown.pair_capacity} "
+        "(pass them to skip the second render, or overflow='drop').",
+        RuntimeWarning,
+        stacklevel=2,
+    )
+    return _render_bound_jit(bound, dynamic, camera, background, num_groups, _dropping(grown))
+
+
+def _dropping(config: RasterConfig) -> RasterConfig:
+    return dataclasses.replace(config, overflow="drop")
 
 
 def _check_compatible(bound: BoundScene, camera: Camera, config: RasterConfig) -> None:
