@@ -44,21 +44,32 @@ re-render at `fit_bound_capacity`'s config. Eagerly, the policies act as in `ren
 Use in a per-frame fit (bind outside the optimiser's loop, render inside the loss)::
 
     scene_cfg = fit_capacity(Gaussians.concatenate([scene, dynamic0]), camera, config)
-    bound = bind_static(scene, camera, scene_cfg)            # once per frame
-    cfg = fit_bound_capacity(bound, dynamic0, camera, scene_cfg)
+    cfg = None
+    for frame in frames:
+        bound = bind_static(scene, frame.camera, scene_cfg)   # once per frame, eager
+        cfg = cfg or fit_bound_capacity(bound, dynamic0, frame.camera, scene_cfg)
+        params, opt_state, overflow = fit_frame(bound, params, opt_state, frame, cfg)
+        # on the host: overflow.max() > 0 -> cfg = fit_bound_capacity(bound, dynamic, ...) and redo
+        # the frame (bind again with that tile capacity if the scene's own lists were short)
 
-    def loss(params):
-        dynamic = Gaussians.concatenate([avatar_gaussians(params), object_gaussians(params)])
-        out = render_bound(bound, dynamic, camera, background, num_groups=3, config=cfg)
-        return photometric(out.rgb, target) + mask_loss(out.group_masks, masks)
+    @eqx.filter_jit    # `bound` is an argument: closed over, XLA would fold the scene into the program
+    def fit_frame(bound, params, opt_state, frame, cfg):
+        def loss(params):
+            dynamic = Gaussians.concatenate([avatar_gaussians(params), object_gaussians(params)])
+            out = render_bound(bound, dynamic, frame.camera, background, num_groups=3, config=cfg)
+            return photometric(out.rgb, frame.image) + mask_loss(out.group_masks, frame.masks), out
 
-    def step(carry, _):
-        params, opt_state = carry
-        grads = jax.grad(loss)(params)
-        ...
-    jax.lax.scan(step, (params, opt_state), None, length=num_iters)   # `bound` is a constant here
-    # afterwards, on the host: out.overflow > 0 -> cfg = fit_bound_capacity(bound, dynamic, ...)
-    # (and re-bind with a grown tile capacity if the scene's own lists were short).
+        def step(carry, _):
+            params, opt_state = carry
+            (_, out), grads = jax.value_and_grad(loss, has_aux=True)(params)
+            updates, opt_state = optimiser.update(grads, opt_state, params)
+            return (optax.apply_updates(params, updates), opt_state), out.overflow
+
+        (params, opt_state), overflow = jax.lax.scan(step, (params, opt_state), None, length=num_iters)
+        return params, opt_state, overflow
+
+Eager binds cut the scene's arrays to a power of two of the referenced count, so frames reuse a
+few compiled `fit_frame` programs; a bind inside the jitted function keeps one static size.
 """
 
 from __future__ import annotations
