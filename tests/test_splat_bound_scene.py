@@ -20,7 +20,7 @@ from zerohsi_jax.splat import (
     bind_static,
     fit_bound_capacity,
     fit_capacity,
-    merge_tile_lists,
+    merge_pairs_into_tile_lists,
     render,
     render_bound,
 )
@@ -121,15 +121,19 @@ def test_render_bound_equals_full_render_and_its_gradients(seed):
     assert np.abs(np.asarray(swapped.group_masks) - np.asarray(ref.group_masks)).max() > 1e-3
 
 
-def test_merge_orders_by_depth_then_first_list():
+def test_merge_orders_by_depth_then_list_first():
     inf = np.inf
-    a_depth = jnp.asarray([[1.0, 2.0, 2.0, inf], [0.5, inf, inf, inf]])
-    b_depth = jnp.asarray([[0.5, 2.0, 3.0], [inf, inf, inf]])
-    a_ids = jnp.asarray([[10, 11, 12, 0], [13, 0, 0, 0]])
-    b_ids = jnp.asarray([[20, 21, 22], [0, 0, 0]])
-    merged, counts = merge_tile_lists(a_ids, jnp.asarray([3, 1]), a_depth, b_ids, jnp.asarray([3, 0]), b_depth, 5)
-    np.testing.assert_array_equal(np.asarray(merged), [[20, 10, 11, 12, 21], [13, 0, 0, 0, 0]])
-    np.testing.assert_array_equal(np.asarray(counts), [5, 1])
+    list_keys = jnp.asarray([[1.0, 2.0, 2.0, inf], [0.5, inf, inf, inf], [inf, inf, inf, inf]])
+    list_ids = jnp.asarray([[10, 11, 12, 0], [13, 0, 0, 0], [0, 0, 0, 0]])
+    # Pairs sorted by tile, then key; tile 3 (= T) is padding.
+    pair_tiles = jnp.asarray([0, 0, 0, 2, 3, 3])
+    pair_keys = jnp.asarray([0.5, 2.0, 3.0, 7.0, 0.0, 0.0])
+    pair_ids = jnp.asarray([20, 21, 22, 23, 99, 99])
+    merged, counts = merge_pairs_into_tile_lists(
+        list_ids, jnp.asarray([3, 1, 0]), list_keys, pair_tiles, pair_ids, pair_keys, 5
+    )
+    np.testing.assert_array_equal(np.asarray(merged), [[20, 10, 11, 12, 21], [13, 0, 0, 0, 0], [23, 0, 0, 0, 0]])
+    np.testing.assert_array_equal(np.asarray(counts), [5, 1, 1])
 
 
 @eqx.filter_jit

@@ -29,7 +29,13 @@ merging per-tile lists (`bound_scene`, which states how its results equal `rende
 """
 
 from .binning import TileBins, bin_gaussians
-from .bound_scene import BoundScene, bind_static, fit_bound_capacity, merge_tile_lists, render_bound
+from .bound_scene import (
+    BoundScene,
+    bind_static,
+    fit_bound_capacity,
+    merge_pairs_into_tile_lists,
+    render_bound,
+)
 from .camera import Camera, CameraFileError
 from .composite import composite
 from .config import RasterConfig
@@ -71,7 +77,7 @@ __all__ = [
     "grown_capacity",
     "load_ply",
     "measure_capacity",
-    "merge_tile_lists",
+    "merge_pairs_into_tile_lists",
     "project",
     "quat_to_rotmat",
     "random_gaussians",

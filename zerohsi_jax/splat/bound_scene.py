@@ -84,7 +84,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int
 
-from .binning import TileBins, bin_gaussians, tile_counts, tile_grid, tile_ranges
+from .binning import TileBins, bin_gaussians, sorted_tile_pairs, tile_counts, tile_grid, tile_ranges
 from .camera import Camera
 from .config import RasterConfig
 from .gaussians import Gaussians
@@ -123,6 +123,8 @@ class BoundScene(eqx.Module):
     ids: Int[Array, "T Ks"]
     """Per tile, entries front to back (ties in scene-index order); slots at or past `counts` hold 0."""
     counts: Int[Array, " T"]
+    keys: Float[Array, "T Ks"]
+    """Depth of each slot's Gaussian, +inf past `counts` (the merge's sort keys)."""
     tile_counts: Int[Array, " T"]
     """Scene Gaussians touching each tile, exact (uncapped)."""
     num_pairs: Int[Array, ""]
@@ -219,6 +221,7 @@ def _bind_fixed(scene: Gaussians, camera: Camera, config: RasterConfig) -> tuple
         groups=groups[entry_safe],
         ids=ids,
         counts=bins.counts,
+        keys=jnp.where(valid, jax.lax.stop_gradient(proj.depths)[bins.ids], jnp.inf),
         tile_counts=tile_counts(ranges, n_tiles, tiles_x, tiles_y),
         num_pairs=bins.num_pairs,
         camera=camera,
@@ -230,39 +233,62 @@ def _bind_fixed(scene: Gaussians, camera: Camera, config: RasterConfig) -> tuple
 _bind_jit = eqx.filter_jit(_bind_fixed)
 
 
-def merge_tile_lists(
-    first_ids: Int[Array, "T Ka"],
-    first_counts: Int[Array, " T"],
-    first_depths: Float[Array, "T Ka"],
-    second_ids: Int[Array, "T Kb"],
-    second_counts: Int[Array, " T"],
-    second_depths: Float[Array, "T Kb"],
+def merge_pairs_into_tile_lists(
+    list_ids: Int[Array, "T K1"],
+    list_counts: Int[Array, " T"],
+    list_keys: Float[Array, "T K1"],
+    pair_tiles: Int[Array, " P"],
+    pair_ids: Int[Array, " P"],
+    pair_keys: Float[Array, " P"],
     capacity: int,
 ) -> tuple[Int[Array, "T K"], Int[Array, " T"]]:
-    """Merge two per-tile lists, each sorted by depth, into one of `capacity` slots.
+    """Merge per-tile lists sorted by key (`list_keys` +inf past `list_counts`) with a flat buffer of
+    pairs sorted by tile, then key (pairs whose tile is >= T are padding), into per-tile lists of
+    `capacity` slots, sorted by key; on equal keys a list entry precedes a pair.
 
-    On equal depth an entry of `first` precedes one of `second`. Merge by rank: an entry's merged
-    slot is its own slot plus the number of entries of the other list in front of it (a binary
-    search per entry), so the cost is (Ka + Kb) log per tile. Entries whose slot is past
-    `capacity` are dropped; the merged count is min(counts sum, capacity)."""
-    num_tiles = first_ids.shape[0]
-    slot_a = jnp.arange(first_ids.shape[1], dtype=jnp.int32)
-    slot_b = jnp.arange(second_ids.shape[1], dtype=jnp.int32)
-    valid_a = slot_a[None, :] < first_counts[:, None]
-    valid_b = slot_b[None, :] < second_counts[:, None]
-    # Empty slots sort last; every listed Gaussian is visible, hence at a finite depth.
-    key_a = jnp.where(valid_a, first_depths, jnp.inf)
-    key_b = jnp.where(valid_b, second_depths, jnp.inf)
-    in_front_of_a = jax.vmap(lambda keys, q: jnp.searchsorted(keys, q, side="left"))(key_b, key_a)
-    in_front_of_b = jax.vmap(lambda keys, q: jnp.searchsorted(keys, q, side="right"))(key_a, key_b)
-    pos_a = jnp.where(valid_a, slot_a[None, :] + in_front_of_a.astype(jnp.int32), capacity)
-    pos_b = jnp.where(valid_b, slot_b[None, :] + in_front_of_b.astype(jnp.int32), capacity)
-    rows = jnp.arange(num_tiles)[:, None]
-    merged = jnp.zeros((num_tiles, capacity), jnp.int32)
-    merged = merged.at[rows, pos_a].set(first_ids.astype(jnp.int32), mode="drop", unique_indices=True)
-    merged = merged.at[rows, pos_b].set(second_ids.astype(jnp.int32), mode="drop", unique_indices=True)
-    counts = jnp.minimum(first_counts + second_counts, capacity).astype(jnp.int32)
-    return merged, counts
+    Merge by rank: a pair's merged slot is its index in its tile's run of pairs plus the number
+    of list entries with a key at most its own (a binary search in its tile's row), so searching
+    costs P log K1. The merged lists are then read slot by slot: a slot no pair took holds the
+    list entry numbered by the slot minus the pairs before it (one running count per tile). No
+    pass sorts or searches the (T, K) lists. Entries past `capacity` are dropped; the merged
+    count of a tile is min(list count + its pairs, capacity)."""
+    list_ids, list_keys = list_ids[:, :capacity], list_keys[:, :capacity]
+    num_tiles, k1 = list_ids.shape
+    list_counts = jnp.minimum(list_counts, k1)
+    num_slots = pair_tiles.shape[0]
+    tile_index = jnp.arange(num_tiles, dtype=pair_tiles.dtype)
+    run_start = jnp.searchsorted(pair_tiles, tile_index, side="left", method="scan_unrolled")
+    run_len = (jnp.searchsorted(pair_tiles, tile_index, side="right", method="scan_unrolled") - run_start).astype(
+        jnp.int32
+    )
+    valid = pair_tiles < num_tiles
+    tile = jnp.where(valid, pair_tiles, 0)
+    within = jnp.arange(num_slots, dtype=jnp.int32) - run_start[tile].astype(jnp.int32)
+
+    # Entries of the pair's row with key <= its key: a binary search over the flattened rows.
+    flat_keys = list_keys.reshape(-1)
+    row = tile * k1
+
+    def search(_, bounds):
+        lo, hi = bounds
+        mid = (lo + hi) // 2
+        right = (lo < hi) & (flat_keys[row + jnp.minimum(mid, k1 - 1)] <= pair_keys)
+        return jnp.where(right, mid + 1, lo), jnp.where(right | (lo >= hi), hi, mid)
+
+    lo = jnp.zeros((num_slots,), jnp.int32)
+    rank, _ = jax.lax.fori_loop(0, max(1, k1).bit_length(), search, (lo, jnp.full((num_slots,), k1, jnp.int32)))
+    slot = rank + within
+    target_tile = jnp.where(valid & (slot < capacity), tile, num_tiles)  # out of range: dropped
+    is_pair = jnp.zeros((num_tiles, capacity), bool).at[target_tile, slot].set(True, mode="drop")
+    pair_at = jnp.zeros((num_tiles, capacity), jnp.int32).at[target_tile, slot].set(
+        pair_ids.astype(jnp.int32), mode="drop"
+    )
+    pairs_before = jnp.cumsum(is_pair, axis=1, dtype=jnp.int32) - is_pair
+    list_slot = jnp.clip(jnp.arange(capacity, dtype=jnp.int32)[None, :] - pairs_before, 0, k1 - 1)
+    from_list = jnp.take_along_axis(list_ids.astype(jnp.int32), list_slot, axis=1)
+    counts = jnp.minimum(list_counts + run_len, capacity).astype(jnp.int32)
+    merged = jnp.where(is_pair, pair_at, from_list)
+    return jnp.where(jnp.arange(capacity)[None, :] < counts[:, None], merged, 0), counts
 
 
 def render_bound(
@@ -373,18 +399,15 @@ def _render_bound_fixed(bound, dynamic, camera, background, num_groups: int, con
     width, height = camera.width, camera.height
     dtype = dynamic.means.dtype
     proj = project(dynamic, camera, config)
-    dyn_bins = bin_gaussians(proj, width, height, config)
     tiles_x, tiles_y = tile_grid(width, height, config.tile_size)
-    ranges, n_tiles = tile_ranges(proj, width, height, config)
+    # The dynamic pairs stay a flat buffer, merged straight into the scene's lists: the
+    # dynamic set is never laid out per tile at the full capacity.
+    pair_tiles, pair_gids, dyn_pairs, ranges, n_tiles = sorted_tile_pairs(proj, width, height, config)
     dyn_tile_counts = tile_counts(ranges, n_tiles, tiles_x, tiles_y)
-
-    # Past `cap` a scene entry cannot reach the merged list, so only that prefix is merged.
-    scene_ids = bound.ids[:, :cap]
-    scene_counts = jnp.minimum(bound.counts, scene_ids.shape[1])
     m = bound.num_entries
-    ids, counts = merge_tile_lists(
-        scene_ids, scene_counts, jax.lax.stop_gradient(bound.depths)[scene_ids],
-        dyn_bins.ids + m, dyn_bins.counts, jax.lax.stop_gradient(proj.depths)[dyn_bins.ids],
+    ids, counts = merge_pairs_into_tile_lists(
+        bound.ids, bound.counts, bound.keys,
+        pair_tiles, pair_gids + m, jax.lax.stop_gradient(proj.depths)[pair_gids],
         cap,
     )  # fmt: skip
 
@@ -401,7 +424,7 @@ def _render_bound_fixed(bound, dynamic, camera, background, num_groups: int, con
     dyn_groups = dynamic.groups if dynamic.groups is not None else jnp.ones((n_dyn,), jnp.int32)
 
     cat = lambda a, b: jnp.concatenate([a.astype(dtype), b.astype(dtype)])  # noqa: E731
-    total_pairs = (bound.num_pairs + dyn_bins.num_pairs).astype(jnp.int32)
+    total_pairs = (bound.num_pairs + dyn_pairs).astype(jnp.int32)
     bins = TileBins(
         ids=ids,
         counts=counts,
