@@ -3,11 +3,13 @@ with the Gaussians that move.
 
 In the per-frame HSI fit the camera is fixed and the scene's Gaussians never change; only the
 avatar's and the object's move. `bind_static` does the scene's share of `render` once
-(projection, view-dependent colours, tile lists sorted by depth), and `render_bound` projects
-and bins only the dynamic Gaussians, merges each tile's two depth-sorted lists into one list of
-`tile_capacity` slots, and composites with the same `composite` as `render` (its custom_vjp,
-compiled backward and pure-JAX fallback). The per-render cost is that of the dynamic set plus the
-tiles' capacity-bounded lists, whatever the scene's size.
+(projection, view-dependent colours, tile lists sorted by depth, and the scene cut to the
+Gaussians some tile references), and `render_bound` projects and bins only the dynamic Gaussians,
+merges their depth-sorted pairs into the scene's tile lists (`merge_pairs_into_tile_lists`: a
+binary search per dynamic pair, a running count per tile, no sort of the scene), and composites
+with the same `composite` as `render` (its custom_vjp, compiled backward and pure-JAX fallback).
+A render then costs the dynamic set, a few passes over the (tiles, tile_capacity) lists and the
+compositing of those lists; the scene's size enters only through how deep its tile lists are.
 
 Equality with the full render. `render_bound(bind_static(scene, cam, cfg), dynamic, cam, ...)`
 equals `render(Gaussians.concatenate([scene, dynamic]), cam, ...)` (rgb, depth, alpha,
