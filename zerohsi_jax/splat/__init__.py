@@ -22,9 +22,20 @@ Capacities. Binning writes tile-Gaussian pairs into buffers of static size: at m
   suffices for the same inputs; a later step whose Gaussians moved may need another.
 - `overflow="error"` raises instead: `RasterOverflowError` in an eager render, an
   `equinox.error_if` runtime error under jit.
+
+A static scene seen by a fixed camera (the per-frame HSI fit) is projected and binned once by
+`bind_static`; `render_bound` then renders it with Gaussians that move, binning only those and
+merging per-tile lists (`bound_scene`, which states how its results equal `render`'s).
 """
 
 from .binning import TileBins, bin_gaussians
+from .bound_scene import (
+    BoundScene,
+    bind_static,
+    fit_bound_capacity,
+    merge_pairs_into_tile_lists,
+    render_bound,
+)
 from .camera import Camera, CameraFileError
 from .composite import composite
 from .config import RasterConfig
@@ -45,6 +56,7 @@ from .render import (
 )
 
 __all__ = [
+    "BoundScene",
     "Camera",
     "CameraFileError",
     "Gaussians",
@@ -56,16 +68,20 @@ __all__ = [
     "TileBins",
     "bin_gaussians",
     "bin_gaussians_dense",
+    "bind_static",
     "check_overflow",
     "composite",
     "eval_sh_colors",
+    "fit_bound_capacity",
     "fit_capacity",
     "grown_capacity",
     "load_ply",
     "measure_capacity",
+    "merge_pairs_into_tile_lists",
     "project",
     "random_gaussians",
     "render",
+    "render_bound",
     "render_projected",
     "rgb_to_sh0",
     "save_ply",

@@ -59,10 +59,39 @@ def bin_gaussians(proj: Projected, width: int, height: int, cfg: RasterConfig = 
             "bin_gaussians needs a tile capacity (RasterConfig.tile_capacity is None, 'measure', which only "
             "`render` does): pass `fit_capacity(gaussians, camera, config)` or RasterConfig(tile_capacity=...)"
         )
-    n = proj.depths.shape[0]
     tiles_x, tiles_y = tile_grid(width, height, cfg.tile_size)
     num_tiles = tiles_x * tiles_y
     cap = cfg.tile_capacity
+    tile_sorted, gid_sorted, num_pairs, (x0, x1, y0, y1), n_tiles = sorted_tile_pairs(proj, width, height, cfg)
+    num_slots = tile_sorted.shape[0]
+
+    tile_index = jnp.arange(num_tiles, dtype=tile_sorted.dtype)
+    run_start = jnp.searchsorted(tile_sorted, tile_index, side="left", method="scan_unrolled")
+    run_end = jnp.searchsorted(tile_sorted, tile_index, side="right", method="scan_unrolled")
+    run_len = (run_end - run_start).astype(jnp.int32)
+    slots = jnp.arange(cap, dtype=jnp.int32)
+    ids = gid_sorted[jnp.clip(run_start[:, None] + slots[None, :], 0, num_slots - 1)]
+    counts = jnp.minimum(run_len, cap)
+    ids = jnp.where(slots[None, :] < counts[:, None], ids, 0)
+    # Pairs past the pair capacity never reach a run, so `run_len` undercounts the tiles they
+    # touch: the largest tile count comes from the exact per-tile counts instead.
+    return TileBins(
+        ids=ids.astype(jnp.int32),
+        counts=counts,
+        overflow=(num_pairs - jnp.sum(counts)).astype(jnp.int32),
+        max_tile_count=jnp.max(tile_counts((x0, x1, y0, y1), n_tiles, tiles_x, tiles_y)).astype(jnp.int32),
+        num_pairs=num_pairs.astype(jnp.int32),
+    )
+
+
+def sorted_tile_pairs(proj: Projected, width: int, height: int, cfg: RasterConfig = RasterConfig()):
+    """The tile-Gaussian pairs in a buffer of `cfg.pairs_for(N)` slots, sorted by tile and, within a
+    tile, front to back (equal depths in index order): (tile of each slot, Gaussian of each slot,
+    number of pairs, tile ranges, tiles per Gaussian). Slots past the pairs (or past the buffer's
+    end, which drops the pairs of the Gaussians furthest back) hold the tile index `tiles`."""
+    n = proj.depths.shape[0]
+    tiles_x, tiles_y = tile_grid(width, height, cfg.tile_size)
+    num_tiles = tiles_x * tiles_y
     num_slots = cfg.pairs_for(n)
 
     (x0, x1, y0, y1), n_tiles = tile_ranges(proj, width, height, cfg)
@@ -83,24 +112,7 @@ def bin_gaussians(proj: Projected, width: int, height: int, cfg: RasterConfig = 
     tile = (y0[gid] + local // width_tiles) * tiles_x + x0[gid] + local % width_tiles
     tile = jnp.where(jnp.arange(num_slots) < num_pairs, tile, num_tiles)
     tile_sorted, gid_sorted = jax.lax.sort((tile, gid), num_keys=1, is_stable=True)
-
-    tile_index = jnp.arange(num_tiles, dtype=tile_sorted.dtype)
-    run_start = jnp.searchsorted(tile_sorted, tile_index, side="left", method="scan_unrolled")
-    run_end = jnp.searchsorted(tile_sorted, tile_index, side="right", method="scan_unrolled")
-    run_len = (run_end - run_start).astype(jnp.int32)
-    slots = jnp.arange(cap, dtype=jnp.int32)
-    ids = gid_sorted[jnp.clip(run_start[:, None] + slots[None, :], 0, num_slots - 1)]
-    counts = jnp.minimum(run_len, cap)
-    ids = jnp.where(slots[None, :] < counts[:, None], ids, 0)
-    # Pairs past the pair capacity never reach a run, so `run_len` undercounts the tiles they
-    # touch: the largest tile count comes from the exact per-tile counts instead.
-    return TileBins(
-        ids=ids.astype(jnp.int32),
-        counts=counts,
-        overflow=(num_pairs - jnp.sum(counts)).astype(jnp.int32),
-        max_tile_count=jnp.max(tile_counts((x0, x1, y0, y1), n_tiles, tiles_x, tiles_y)).astype(jnp.int32),
-        num_pairs=num_pairs.astype(jnp.int32),
-    )
+    return tile_sorted, gid_sorted, num_pairs, (x0, x1, y0, y1), n_tiles
 
 
 def tile_counts(ranges, n_tiles: Int[Array, " N"], tiles_x: int, tiles_y: int) -> Int[Array, " T"]:

@@ -165,28 +165,54 @@ def render_projected(
 ) -> RenderOutput:
     """The compositing half of `render`, for callers that bin once and composite several times."""
     dtype = gaussians.means.dtype
-    if background is None:
-        background = jnp.zeros((3,), dtype)
-    background = jnp.asarray(background, dtype)
-    colors = gaussians.colors(camera.position)
-    channels = [colors, proj.depths[:, None], jnp.ones_like(proj.depths)[:, None]]
-    n_extra = 0
-    if gaussians.features is not None:
-        channels.append(gaussians.features.astype(dtype))
-        n_extra = gaussians.features.shape[-1]
-    if num_groups:
-        if gaussians.groups is None:
-            raise ValueError("render(num_groups=...) needs Gaussians with `groups` set")
-        channels.append(jax.nn.one_hot(gaussians.groups, num_groups, dtype=dtype))
-    features = jnp.concatenate(channels, axis=-1)
-    bg = jnp.concatenate([background, jnp.zeros((features.shape[-1] - 3,), dtype)])
+    features = gaussians.features.astype(dtype) if gaussians.features is not None else None
+    if num_groups and gaussians.groups is None:
+        raise ValueError("render(num_groups=...) needs Gaussians with `groups` set")
     # Culled Gaussians never reach a tile list, but give them zero opacity anyway so that no
     # stale value can leak into a pixel.
     opacities = jnp.where(proj.visible, proj.opacities, 0.0)
-    image = composite(
-        proj.means2d, proj.conics, opacities, features, bg, bins.ids, bins.counts,
-        camera.width, camera.height, config,
+    return composite_binned(
+        proj.means2d, proj.conics, opacities, gaussians.colors(camera.position), proj.depths, features,
+        gaussians.groups, bins, camera, background, num_groups=num_groups, config=config,
     )  # fmt: skip
+
+
+def composite_binned(
+    means2d: Float[Array, "N 2"],
+    conics: Float[Array, "N 3"],
+    opacities: Float[Array, " N"],
+    colors: Float[Array, "N 3"],
+    depths: Float[Array, " N"],
+    features: Float[Array, "N E"] | None,
+    groups: Int[Array, " N"] | None,
+    bins: TileBins,
+    camera: Camera,
+    background=None,
+    *,
+    num_groups: int = 0,
+    config: RasterConfig = RasterConfig(),
+) -> RenderOutput:
+    """Composite screen-space Gaussians already binned into `bins`: the channels (colour, depth,
+    alpha, extra features, one-hot groups) stacked, `composite`d, and split into a RenderOutput.
+    Shared by `render` and `bound_scene.render_bound`, so that both composite the same channels."""
+    dtype = means2d.dtype
+    if background is None:
+        background = jnp.zeros((3,), dtype)
+    background = jnp.asarray(background, dtype)
+    channels = [colors.astype(dtype), depths[:, None], jnp.ones_like(depths)[:, None]]
+    n_extra = 0
+    if features is not None:
+        channels.append(features.astype(dtype))
+        n_extra = features.shape[-1]
+    if num_groups:
+        if groups is None:
+            raise ValueError("render(num_groups=...) needs Gaussians with `groups` set")
+        channels.append(jax.nn.one_hot(groups, num_groups, dtype=dtype))
+    channels = jnp.concatenate(channels, axis=-1)
+    bg = jnp.concatenate([background, jnp.zeros((channels.shape[-1] - 3,), dtype)])
+    image = composite(
+        means2d, conics, opacities, channels, bg, bins.ids, bins.counts, camera.width, camera.height, config
+    )
     depth_accum = image[..., 3]
     alpha = image[..., 4]
     safe_alpha = jnp.where(alpha > 1e-10, alpha, 1.0)
