@@ -21,7 +21,7 @@ from zerohsi_jax.reconstruct.refinement import (
     hand_vertices,
     reference_joints,
 )
-from zerohsi_jax.reconstruct.schedules import GatedState, after, restart_gates
+from zerohsi_jax.reconstruct.gated_optim import GatedState, after, restart_gates
 from zerohsi_jax.reconstruct.state import HumanPose
 from zerohsi_jax.run_config import RunConfig
 

@@ -22,7 +22,7 @@ import optax
 from ..splat import Camera, Gaussians, RasterConfig, render
 from .config import CameraTrackingConfig
 from .losses import CAMERA_TERMS, weighted_sum
-from .schedules import scan_minimize
+from .gated_optim import scan_minimize
 from .state import RasterCounts, relative_transform
 
 

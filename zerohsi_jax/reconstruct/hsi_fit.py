@@ -19,7 +19,7 @@ import optax
 from ..splat import Camera, Gaussians, RasterConfig, RenderOutput, render
 from .config import HSIFitConfig
 from .losses import HSI_TERMS, weighted_sum
-from .schedules import after, every, labelled_adam, restart_gates, scan_minimize
+from .gated_optim import after, every, labelled_adam, restart_gates, scan_minimize
 from .state import NUM_GROUPS, OBJECT_GROUP, HumanPose, ObjectPose, RasterCounts, compose_gaussians
 
 

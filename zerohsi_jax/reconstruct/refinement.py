@@ -17,7 +17,7 @@ import optax
 from ..body import hand_vertex_ids
 from .config import RefineConfig
 from .losses import REFINE_TERMS, hand_object_contact_loss, weighted_sum
-from .schedules import scan_minimize
+from .gated_optim import scan_minimize
 from .state import HumanPose
 
 NUM_BODY_JOINTS_WITH_ROOT = 22  # pelvis + 21 body joints: the joints the body pose drives
