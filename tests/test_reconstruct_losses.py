@@ -8,8 +8,8 @@ import pytest
 
 from zerohsi_jax.reconstruct import losses
 from zerohsi_jax.reconstruct.config import LossWeights, ReconstructConfig
-from zerohsi_jax.reconstruct.losses import HSI_TERMS, Objective
 from zerohsi_jax.reconstruct.gated_optim import after, every, labelled_adam
+from zerohsi_jax.reconstruct.losses import HSI_TERMS, Objective
 
 
 def test_ssim_and_rgb_loss_on_known_images(seed):

@@ -12,9 +12,8 @@ changes. See experiments/custom_loss.py.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-
 import dataclasses
+from collections.abc import Callable, Mapping
 
 import jax
 import jax.numpy as jnp
