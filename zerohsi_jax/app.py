@@ -15,19 +15,25 @@ import json
 import time
 from pathlib import Path
 
+import jax.numpy as jnp
 import numpy as np
 import yaml
 
+from .avatar import builtin_avatar, load_avatar
+from .body import SMPLX, VPoser, axis_angle_to_matrix, matrix_to_axis_angle, synthetic_smplx_path
 from .errors import InputError, MissingFileError
-from .reconstruct.run_files import (
-    DamagedRunFileError,
-    RunFolder,
-    command_output,
-    folder_lock,
-    save_npz,
-    save_text,
-)
+from .files import atomic_write, save_json, save_npz, save_text
+from .io import load_video_for_camera, write_image
+from .reconstruct import HumanPose, InitialState, ObjectPose, Observations, reconstruct
+from .reconstruct.pipeline import measure_raster_config
+from .reconstruct.report import write_run_pictures
+from .reconstruct.run_files import DamagedRunFileError, RunFolder, command_output, folder_lock
+from .reconstruct.state import SceneInputs, compose_gaussians
 from .run_config import RunConfig, load_checked_config, load_run_config, run_config_to_dict, with_absolute_paths
+from .segment import segment_reference_video
+from .splat import Camera, fit_capacity, load_ply, render
+from .synthetic.motion import standing_pose
+from .synthetic.pose_prior import synthetic_pose_prior
 
 HUMAN, OBJECT, SCENE = 0, 1, 2  # group ids in renders (the reconstruction's convention)
 
@@ -53,12 +59,6 @@ def load_assets(cfg: RunConfig, *, render_size=None) -> Assets:
     """Body, avatar, pose prior, Gaussians, camera and initial state named by the config. The
     user's small files are read first, so that a mistake in one shows before the body, avatar and
     pose prior are built."""
-    import jax.numpy as jnp
-
-    from .body import SMPLX, VPoser, axis_angle_to_matrix, synthetic_smplx_path
-    from .reconstruct import HumanPose, InitialState, ObjectPose
-    from .splat import Camera, load_ply
-
     camera = Camera.load_json(_require(cfg.path(cfg.camera), "camera file", "set camera in the config"))
     size = render_size or cfg.render_size
     if size is not None:
@@ -73,8 +73,6 @@ def load_assets(cfg: RunConfig, *, render_size=None) -> Assets:
         object_pose = ObjectPose(axis_angle_to_matrix(jnp.asarray(cfg.object.rotation, jnp.float32)),
                                  jnp.asarray(cfg.object.translation, jnp.float32))
     if cfg.human.body_pose is None:
-        from .synthetic.motion import standing_pose
-
         body_pose = standing_pose()
     else:
         path = _require(cfg.path(cfg.human.body_pose), "body pose file", "give a .npy of 63 values")
@@ -93,16 +91,10 @@ def load_assets(cfg: RunConfig, *, render_size=None) -> Assets:
         "(convert .pkl files with python -m converters.smplx_pkl_to_npz)")
     body = SMPLX.load(model_path, num_betas=10, use_pca=False, flat_hand_mean=True)
     if cfg.human.avatar == "builtin":
-        from .avatar import builtin_avatar
-
         avatar = builtin_avatar(0, model_path, size=cfg.human.avatar_size, num_gaussians=cfg.human.avatar_gaussians)
     else:
-        from .avatar import load_avatar
-
         avatar = load_avatar(cfg.path(cfg.human.avatar))
     if cfg.human.vposer == "synthetic":
-        from .synthetic.pose_prior import synthetic_pose_prior
-
         vposer = synthetic_pose_prior(body)
     else:
         vposer = VPoser.load(cfg.path(cfg.human.vposer))
@@ -112,12 +104,6 @@ def load_assets(cfg: RunConfig, *, render_size=None) -> Assets:
 def render_initial_state(assets: Assets, camera, background):
     """R(G_H^0, G_O^0, G_S; T_0) with group masks (eq. 9 at frame 0), over `background` (the run's
     `reconstruct.background`: the fit must see the background the video generator saw)."""
-    import jax.numpy as jnp
-
-    from .reconstruct import ObjectPose
-    from .reconstruct.state import compose_gaussians
-    from .splat import fit_capacity, render
-
     pose = assets.initial.object_pose or ObjectPose(jnp.eye(3), jnp.zeros(3))
     g = compose_gaussians(assets.avatar, assets.initial.human, assets.object, pose, assets.scene, camera.position)
     raster = fit_capacity(g, camera)
@@ -143,8 +129,6 @@ def _log(out: Path, message: str) -> None:
 def init_frame_command(config_path) -> Path:
     """Render the initial state at the video generator's resolution: the image that, with the
     prompt, goes to an image-to-video model (the paper uses KLING v1.0)."""
-    from .io import write_image
-
     cfg = load_checked_config(config_path, "init-frame")
     with command_output(cfg.path(cfg.output), f"init-frame {config_path}") as out:
         assets = load_assets(cfg)
@@ -164,8 +148,6 @@ def init_frame_command(config_path) -> Path:
 def _video_masks(cfg: RunConfig, assets: Assets, index: int, out: Path, frames_camera):
     """(frames uint8 (T, H, W, 3), human masks, object masks, camera at render size, frame rate of the
     kept frames) of video `index`."""
-    from .io import load_video_for_camera
-
     video = cfg.path(cfg.video.paths[index])
     if cfg.video.masks is not None:
         frames, fps, camera = load_video_for_camera(video, frames_camera, stride=cfg.video.stride,
@@ -178,7 +160,6 @@ def _video_masks(cfg: RunConfig, assets: Assets, index: int, out: Path, frames_c
                 raise InputError(f"{mask_file}: '{name}' has shape {arr.shape}, expected {expected} (kept frames "
                                  "at the render size)")
         return frames, human.astype(np.float32), objmask.astype(np.float32), camera, fps
-    from .segment import segment_reference_video
 
     rendered = render_initial_state(assets, frames_camera, cfg.reconstruct.background)
     groups = {"human": HUMAN} if assets.object is None else {"human": HUMAN, "object": OBJECT}
@@ -240,13 +221,6 @@ def reconstruct_command(config_path, *, seeds: int | None = None, resume: bool =
 
 
 def _reconstruct_into(out: Path, cfg: RunConfig, count: int, resume: bool, redo_from: int | None):
-    import jax.numpy as jnp
-
-    from .reconstruct import Observations, reconstruct
-    from .reconstruct.pipeline import measure_raster_config
-    from .reconstruct.report import write_run_pictures
-    from .reconstruct.state import SceneInputs
-
     assets = load_assets(cfg)
     per_video = [_video_masks(cfg, assets, i, out, assets.camera) for i in range(count)]
     lengths = [len(v[0]) for v in per_video]
@@ -336,16 +310,12 @@ def continue_command(run_dir, *, video: str | None = None, masks: str | None = N
 
 
 def _continue_into(run_dir, nxt, cfg, params, objects, viewmats, video, masks, pose_estimates, seed, resume):
-    from .body import matrix_to_axis_angle
-    from .reconstruct.run_files import atomic_write, save_json
-
     atomic_write(nxt / "initial_body_pose.npy", lambda tmp: np.save(tmp, params["body_pose"][-1]))
     cam = json.loads(cfg.path(cfg.camera).read_text())
     cam.update({"viewmat": viewmats[-1].tolist()})
     for key in ("eye", "target", "up", "camtoworld"):
         cam.pop(key, None)
     save_json(nxt / "camera.json", cam)
-    import jax.numpy as jnp
 
     rotation = np.asarray(matrix_to_axis_angle(jnp.asarray(objects[-1, :3, :3])))
     absolute = lambda p: str(Path(p).resolve())  # noqa: E731
