@@ -14,10 +14,12 @@ import dataclasses
 import json
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import jax.numpy as jnp
 import numpy as np
 import yaml
+from jaxtyping import Float, UInt8
 
 from .avatar import builtin_avatar, load_avatar
 from .body import SMPLX, VPoser, axis_angle_to_matrix, matrix_to_axis_angle, synthetic_smplx_path
@@ -145,9 +147,20 @@ def init_frame_command(config_path) -> Path:
     return path
 
 
-def _video_masks(cfg: RunConfig, assets: Assets, index: int, out: Path, frames_camera):
-    """(frames uint8 (T, H, W, 3), human masks, object masks, camera at render size, frame rate of the
-    kept frames) of video `index`."""
+class VideoMasks(NamedTuple):
+    """A reference video's kept frames and their masks."""
+
+    frames: UInt8[np.ndarray, "T H W 3"]
+    human_masks: Float[np.ndarray, "T H W"]
+    object_masks: Float[np.ndarray, "T H W"]
+    camera: Camera
+    """The camera at the render size."""
+    fps: float
+    """Frame rate of the kept frames."""
+
+
+def _video_masks(cfg: RunConfig, assets: Assets, index: int, out: Path, frames_camera) -> VideoMasks:
+    """The frames and masks of video `index` (the config's mask file, else segmented)."""
     video = cfg.path(cfg.video.paths[index])
     if cfg.video.masks is not None:
         frames, fps, camera = load_video_for_camera(video, frames_camera, stride=cfg.video.stride,
@@ -159,7 +172,7 @@ def _video_masks(cfg: RunConfig, assets: Assets, index: int, out: Path, frames_c
             if arr.shape != expected:
                 raise InputError(f"{mask_file}: '{name}' has shape {arr.shape}, expected {expected} (kept frames "
                                  "at the render size)")
-        return frames, human.astype(np.float32), objmask.astype(np.float32), camera, fps
+        return VideoMasks(frames, human.astype(np.float32), objmask.astype(np.float32), camera, fps)
 
     rendered = render_initial_state(assets, frames_camera, cfg.reconstruct.background)
     groups = {"human": HUMAN} if assets.object is None else {"human": HUMAN, "object": OBJECT}
@@ -170,7 +183,8 @@ def _video_masks(cfg: RunConfig, assets: Assets, index: int, out: Path, frames_c
         pictures_dir=out / f"segment_{index}",
     )
     objmask = seg.masks.get("object", np.zeros_like(seg.masks["human"]))
-    return seg.frames, seg.masks["human"].astype(np.float32), objmask.astype(np.float32), seg.camera, seg.fps
+    return VideoMasks(seg.frames, seg.masks["human"].astype(np.float32), objmask.astype(np.float32), seg.camera,
+                      seg.fps)
 
 
 def _read_arrays(path: Path, keys, shapes: str) -> list[np.ndarray]:
@@ -202,10 +216,11 @@ def segment_command(config_path) -> list[Path]:
         _write_config(out, cfg)
         written = []
         for i, video in enumerate(cfg.video.paths):
-            frames, human, objmask, _, _ = _video_masks(cfg, assets, i, out, assets.camera)
-            path = save_npz(out / f"masks_{i}.npz", human=human > 0.5, object=objmask > 0.5)
+            video_masks = _video_masks(cfg, assets, i, out, assets.camera)
+            path = save_npz(out / f"masks_{i}.npz", human=video_masks.human_masks > 0.5,
+                            object=video_masks.object_masks > 0.5)
             written.append(path)
-            _log(out, f"segment: {video}: {len(frames)} frames, masks in {path}")
+            _log(out, f"segment: {video}: {len(video_masks.frames)} frames, masks in {path}")
     return written
 
 
@@ -223,11 +238,11 @@ def reconstruct_command(config_path, *, seeds: int | None = None, resume: bool =
 def _reconstruct_into(out: Path, cfg: RunConfig, count: int, resume: bool, redo_from: int | None):
     assets = load_assets(cfg)
     per_video = [_video_masks(cfg, assets, i, out, assets.camera) for i in range(count)]
-    lengths = [len(v[0]) for v in per_video]
+    lengths = [len(v.frames) for v in per_video]
     if len(set(lengths)) > 1:
         raise InputError(f"the videos keep different numbers of frames {lengths}; set video.max_frames to "
                          f"{min(lengths)} so that they can be fitted together")
-    camera = per_video[0][3]
+    camera = per_video[0].camera
     estimates = None
     if cfg.video.pose_estimates is not None:
         estimates = []
@@ -240,9 +255,9 @@ def _reconstruct_into(out: Path, cfg: RunConfig, count: int, resume: bool, redo_
             estimates.append(est)
         estimates = jnp.asarray(np.stack(estimates), jnp.float32)
     obs = Observations(
-        frames=jnp.asarray(np.stack([v[0] for v in per_video]), jnp.float32) / 255.0,
-        human_masks=jnp.asarray(np.stack([v[1] for v in per_video])),
-        object_masks=jnp.asarray(np.stack([v[2] for v in per_video])),
+        frames=jnp.asarray(np.stack([v.frames for v in per_video]), jnp.float32) / 255.0,
+        human_masks=jnp.asarray(np.stack([v.human_masks for v in per_video])),
+        object_masks=jnp.asarray(np.stack([v.object_masks for v in per_video])),
         pose_estimates=estimates,
     )
     inputs = SceneInputs(assets.scene, assets.object, assets.avatar, assets.body, camera)
@@ -257,11 +272,11 @@ def _reconstruct_into(out: Path, cfg: RunConfig, count: int, resume: bool, redo_
     def pictures(result):
         for s in range(count):
             write_run_pictures(out / "run" / f"seed_{s}", inputs, result, np.asarray(obs.frames[s]),
-                               fps=per_video[0][4], seed=s, background=cfg.reconstruct.background)
+                               fps=per_video[0].fps, seed=s, background=cfg.reconstruct.background)
 
     began = time.perf_counter()
     result = reconstruct(inputs, obs, assets.initial, assets.vposer, cfg.reconstruct, run_dir=out / "run",
-                         resume=resume, redo_from=redo_from, raster=raster, frame_rate=per_video[0][4],
+                         resume=resume, redo_from=redo_from, raster=raster, frame_rate=per_video[0].fps,
                          on_start=on_start, before_complete=pictures, log=lambda m: _log(out, m))
     _log(out, f"reconstruct: done in {time.perf_counter() - began:.1f} s; timings {json.dumps(result.timings)}")
     _log(out, f"reconstruct: results and pictures in {out / 'run'}")

@@ -383,7 +383,7 @@ def _run_folder(run_dir, manifest: Callable[[], dict], resume: bool, redo_from: 
         yield folder
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class _Run:
     """What every step of one run reads: its inputs, and what is derived from them once."""
 
