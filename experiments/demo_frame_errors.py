@@ -32,11 +32,11 @@ def _with(cfg, stage, **changes):
 
 def _true_camera_program(demo, tracked_program):
     """The camera program with its result replaced by the ground truth of the frame it was given."""
-    def program(shared, viewmats, frames, masks, *rest):
-        frame = np.asarray(frames[0])
+    def program(shared, batch, settings):
+        frame = np.asarray(batch.frame[0])
         t = int(np.argmin([np.abs(frame - f).sum() for f in demo.frames]))
-        _, loss, terms, overflow = tracked_program(shared, viewmats, frames, masks, *rest)[:4]
-        return (jnp.asarray(demo.truth.viewmats[t])[None], loss, terms, overflow)
+        tracked = tracked_program(shared, batch, settings)
+        return tracked._replace(viewmat=jnp.asarray(demo.truth.viewmats[t])[None])
 
     return program
 

@@ -15,13 +15,13 @@ import pytest
 from zerohsi_jax.body import SMPLX
 from zerohsi_jax.reconstruct import ReconstructConfig, losses
 from zerohsi_jax.reconstruct.config import RefineConfig
+from zerohsi_jax.reconstruct.gated_optim import GatedState, after, restart_gates
 from zerohsi_jax.reconstruct.refinement import (
     contact_pair_scale,
     contact_points,
     hand_vertices,
     reference_joints,
 )
-from zerohsi_jax.reconstruct.schedules import GatedState, after, restart_gates
 from zerohsi_jax.reconstruct.state import HumanPose
 from zerohsi_jax.run_config import RunConfig
 from zerohsi_jax.synthetic import synthetic_smplx_path

@@ -8,7 +8,8 @@ import pytest
 
 from zerohsi_jax.reconstruct import losses
 from zerohsi_jax.reconstruct.config import LossWeights, ReconstructConfig
-from zerohsi_jax.reconstruct.schedules import after, every, labelled_adam
+from zerohsi_jax.reconstruct.gated_optim import after, every, labelled_adam
+from zerohsi_jax.reconstruct.losses import HSI_TERMS, Objective
 
 
 def test_ssim_and_rgb_loss_on_known_images(seed):
@@ -124,6 +125,11 @@ def test_configs_carry_the_paper_numbers_and_hash():
     assert dict(cfg.refine.loss_weights) == {"fit": 1.0, "physics": 1e-3}
     assert (cfg.refine.smooth_weight_static, cfg.refine.smooth_weight_dynamic) == (0.3, 0.1)
     assert hash(cfg) == hash(ReconstructConfig())
-    assert LossWeights({"a": 1}) == {"a": 1.0} and hash(LossWeights({"a": 1})) == hash(LossWeights({"a": 1.0}))
+    assert LossWeights({"a": 1}) == {"a": 1.0}
+    # The objective (terms and weights together) is what the compiled programs hash.
+    objective = Objective.of(HSI_TERMS, {"rgb": 1})
+    assert objective == Objective.of(dict(HSI_TERMS), LossWeights({"rgb": 1.0}))
+    assert hash(objective) == hash(Objective.of(HSI_TERMS, {"rgb": 1.0}))
+    assert Objective.of(HSI_TERMS, {"rgb": 2.0}) != objective
     with pytest.raises(ValueError, match="mode"):
         ReconstructConfig(mode="sideways")

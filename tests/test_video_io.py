@@ -53,7 +53,7 @@ def test_written_mp4_reads_back_every_frame(square_video):
     assert frames.shape == (16, HEIGHT, WIDTH, 3) and frames.dtype == np.uint8 and fps == 30.0
     # H.264 is lossy, but a flat square survives it closely.
     assert np.abs(frames.astype(int) - moving_square_frames(16).astype(int)).mean() < 4.0
-    assert not list(square_video.parent.glob(".*partial*")), "no temporary file left behind"
+    assert not list(square_video.parent.glob("*.part*")), "no temporary file left behind"
 
 
 def test_stride_keeps_every_third_frame_and_resize_scales_positions(square_video):
@@ -148,7 +148,7 @@ def test_missing_empty_and_unreadable_inputs(tmp_path):
         read_video(tmp_path / "clip.gif")
     with pytest.raises(ValueError, match="no frames"):
         write_video(tmp_path / "none.mp4", [], fps=10)
-    assert not (tmp_path / "none.mp4").exists() and not list(tmp_path.glob(".*partial*"))
+    assert not (tmp_path / "none.mp4").exists() and not list(tmp_path.glob("*.part*"))
 
 
 def test_pictures():

@@ -14,20 +14,30 @@ import dataclasses
 import json
 import time
 from pathlib import Path
+from typing import NamedTuple
 
+import jax.numpy as jnp
 import numpy as np
 import yaml
+from jaxtyping import Float, UInt8
 
+from .avatar import builtin_avatar, load_avatar
+from .body import SMPLX, VPoser
 from .errors import InputError, MissingFileError
-from .reconstruct.run_files import (
-    DamagedRunFileError,
-    RunFolder,
-    command_output,
-    folder_lock,
-    save_npz,
-    save_text,
-)
+from .files import atomic_write, save_json, save_npz, save_text
+from .geometry import axis_angle_to_matrix, matrix_to_axis_angle
+from .io import load_video_for_camera, write_image
+from .reconstruct import HumanPose, InitialState, ObjectPose, Observations, reconstruct
+from .reconstruct.pipeline import measure_raster_config
+from .reconstruct.report import write_run_pictures
+from .reconstruct.run_files import DamagedRunFileError, RunFolder, command_output, folder_lock
+from .reconstruct.state import SceneInputs, compose_gaussians
 from .run_config import RunConfig, load_checked_config, load_run_config, run_config_to_dict, with_absolute_paths
+from .segment import segment_reference_video
+from .splat import Camera, fit_capacity, load_ply, render
+from .synthetic import synthetic_smplx_path
+from .synthetic.motion import standing_pose
+from .synthetic.pose_prior import synthetic_pose_prior
 
 HUMAN, OBJECT, SCENE = 0, 1, 2  # group ids in renders (the reconstruction's convention)
 
@@ -53,14 +63,6 @@ def load_assets(cfg: RunConfig, *, render_size=None) -> Assets:
     """Body, avatar, pose prior, Gaussians, camera and initial state named by the config. The
     user's small files are read first, so that a mistake in one shows before the body, avatar and
     pose prior are built."""
-    import jax.numpy as jnp
-
-    from .body import SMPLX, VPoser
-    from .geometry import axis_angle_to_matrix
-    from .reconstruct import HumanPose, InitialState, ObjectPose
-    from .splat import Camera, load_ply
-    from .synthetic import synthetic_smplx_path
-
     camera = Camera.load_json(_require(cfg.path(cfg.camera), "camera file", "set camera in the config"))
     size = render_size or cfg.render_size
     if size is not None:
@@ -75,8 +77,6 @@ def load_assets(cfg: RunConfig, *, render_size=None) -> Assets:
         object_pose = ObjectPose(axis_angle_to_matrix(jnp.asarray(cfg.object.rotation, jnp.float32)),
                                  jnp.asarray(cfg.object.translation, jnp.float32))
     if cfg.human.body_pose is None:
-        from .synthetic.motion import standing_pose
-
         body_pose = standing_pose()
     else:
         path = _require(cfg.path(cfg.human.body_pose), "body pose file", "give a .npy of 63 values")
@@ -95,16 +95,10 @@ def load_assets(cfg: RunConfig, *, render_size=None) -> Assets:
         "(convert .pkl files with python -m converters.smplx_pkl_to_npz)")
     body = SMPLX.load(model_path, num_betas=10, use_pca=False, flat_hand_mean=True)
     if cfg.human.avatar == "builtin":
-        from .avatar import builtin_avatar
-
         avatar = builtin_avatar(0, model_path, size=cfg.human.avatar_size, num_gaussians=cfg.human.avatar_gaussians)
     else:
-        from .avatar import load_avatar
-
         avatar = load_avatar(cfg.path(cfg.human.avatar))
     if cfg.human.vposer == "synthetic":
-        from .synthetic.pose_prior import synthetic_pose_prior
-
         vposer = synthetic_pose_prior(body)
     else:
         vposer = VPoser.load(cfg.path(cfg.human.vposer))
@@ -114,12 +108,6 @@ def load_assets(cfg: RunConfig, *, render_size=None) -> Assets:
 def render_initial_state(assets: Assets, camera, background):
     """R(G_H^0, G_O^0, G_S; T_0) with group masks (eq. 9 at frame 0), over `background` (the run's
     `reconstruct.background`: the fit must see the background the video generator saw)."""
-    import jax.numpy as jnp
-
-    from .reconstruct import ObjectPose
-    from .reconstruct.state import compose_gaussians
-    from .splat import fit_capacity, render
-
     pose = assets.initial.object_pose or ObjectPose(jnp.eye(3), jnp.zeros(3))
     g = compose_gaussians(assets.avatar, assets.initial.human, assets.object, pose, assets.scene, camera.position)
     raster = fit_capacity(g, camera)
@@ -145,8 +133,6 @@ def _log(out: Path, message: str) -> None:
 def init_frame_command(config_path) -> Path:
     """Render the initial state at the video generator's resolution: the image that, with the
     prompt, goes to an image-to-video model (the paper uses KLING v1.0)."""
-    from .io import write_image
-
     cfg = load_checked_config(config_path, "init-frame")
     with command_output(cfg.path(cfg.output), f"init-frame {config_path}") as out:
         assets = load_assets(cfg)
@@ -163,11 +149,20 @@ def init_frame_command(config_path) -> Path:
     return path
 
 
-def _video_masks(cfg: RunConfig, assets: Assets, index: int, out: Path, frames_camera):
-    """(frames uint8 (T, H, W, 3), human masks, object masks, camera at render size, frame rate of the
-    kept frames) of video `index`."""
-    from .io import load_video_for_camera
+class VideoMasks(NamedTuple):
+    """A reference video's kept frames and their masks."""
 
+    frames: UInt8[np.ndarray, "T H W 3"]
+    human_masks: Float[np.ndarray, "T H W"]
+    object_masks: Float[np.ndarray, "T H W"]
+    camera: Camera
+    """The camera at the render size."""
+    fps: float
+    """Frame rate of the kept frames."""
+
+
+def _video_masks(cfg: RunConfig, assets: Assets, index: int, out: Path, frames_camera) -> VideoMasks:
+    """The frames and masks of video `index` (the config's mask file, else segmented)."""
     video = cfg.path(cfg.video.paths[index])
     if cfg.video.masks is not None:
         frames, fps, camera = load_video_for_camera(video, frames_camera, stride=cfg.video.stride,
@@ -179,8 +174,7 @@ def _video_masks(cfg: RunConfig, assets: Assets, index: int, out: Path, frames_c
             if arr.shape != expected:
                 raise InputError(f"{mask_file}: '{name}' has shape {arr.shape}, expected {expected} (kept frames "
                                  "at the render size)")
-        return frames, human.astype(np.float32), objmask.astype(np.float32), camera, fps
-    from .segment import segment_reference_video
+        return VideoMasks(frames, human.astype(np.float32), objmask.astype(np.float32), camera, fps)
 
     rendered = render_initial_state(assets, frames_camera, cfg.reconstruct.background)
     groups = {"human": HUMAN} if assets.object is None else {"human": HUMAN, "object": OBJECT}
@@ -191,7 +185,8 @@ def _video_masks(cfg: RunConfig, assets: Assets, index: int, out: Path, frames_c
         pictures_dir=out / f"segment_{index}",
     )
     objmask = seg.masks.get("object", np.zeros_like(seg.masks["human"]))
-    return seg.frames, seg.masks["human"].astype(np.float32), objmask.astype(np.float32), seg.camera, seg.fps
+    return VideoMasks(seg.frames, seg.masks["human"].astype(np.float32), objmask.astype(np.float32), seg.camera,
+                      seg.fps)
 
 
 def _read_arrays(path: Path, keys, shapes: str) -> list[np.ndarray]:
@@ -223,10 +218,11 @@ def segment_command(config_path) -> list[Path]:
         _write_config(out, cfg)
         written = []
         for i, video in enumerate(cfg.video.paths):
-            frames, human, objmask, _, _ = _video_masks(cfg, assets, i, out, assets.camera)
-            path = save_npz(out / f"masks_{i}.npz", human=human > 0.5, object=objmask > 0.5)
+            video_masks = _video_masks(cfg, assets, i, out, assets.camera)
+            path = save_npz(out / f"masks_{i}.npz", human=video_masks.human_masks > 0.5,
+                            object=video_masks.object_masks > 0.5)
             written.append(path)
-            _log(out, f"segment: {video}: {len(frames)} frames, masks in {path}")
+            _log(out, f"segment: {video}: {len(video_masks.frames)} frames, masks in {path}")
     return written
 
 
@@ -242,20 +238,13 @@ def reconstruct_command(config_path, *, seeds: int | None = None, resume: bool =
 
 
 def _reconstruct_into(out: Path, cfg: RunConfig, count: int, resume: bool, redo_from: int | None):
-    import jax.numpy as jnp
-
-    from .reconstruct import Observations, reconstruct
-    from .reconstruct.pipeline import measure_raster_config
-    from .reconstruct.report import write_run_pictures
-    from .reconstruct.state import SceneInputs
-
     assets = load_assets(cfg)
     per_video = [_video_masks(cfg, assets, i, out, assets.camera) for i in range(count)]
-    lengths = [len(v[0]) for v in per_video]
+    lengths = [len(v.frames) for v in per_video]
     if len(set(lengths)) > 1:
         raise InputError(f"the videos keep different numbers of frames {lengths}; set video.max_frames to "
                          f"{min(lengths)} so that they can be fitted together")
-    camera = per_video[0][3]
+    camera = per_video[0].camera
     estimates = None
     if cfg.video.pose_estimates is not None:
         estimates = []
@@ -268,9 +257,9 @@ def _reconstruct_into(out: Path, cfg: RunConfig, count: int, resume: bool, redo_
             estimates.append(est)
         estimates = jnp.asarray(np.stack(estimates), jnp.float32)
     obs = Observations(
-        frames=jnp.asarray(np.stack([v[0] for v in per_video]), jnp.float32) / 255.0,
-        human_masks=jnp.asarray(np.stack([v[1] for v in per_video])),
-        object_masks=jnp.asarray(np.stack([v[2] for v in per_video])),
+        frames=jnp.asarray(np.stack([v.frames for v in per_video]), jnp.float32) / 255.0,
+        human_masks=jnp.asarray(np.stack([v.human_masks for v in per_video])),
+        object_masks=jnp.asarray(np.stack([v.object_masks for v in per_video])),
         pose_estimates=estimates,
     )
     inputs = SceneInputs(assets.scene, assets.object, assets.avatar, assets.body, camera)
@@ -285,11 +274,11 @@ def _reconstruct_into(out: Path, cfg: RunConfig, count: int, resume: bool, redo_
     def pictures(result):
         for s in range(count):
             write_run_pictures(out / "run" / f"seed_{s}", inputs, result, np.asarray(obs.frames[s]),
-                               fps=per_video[0][4], seed=s, background=cfg.reconstruct.background)
+                               fps=per_video[0].fps, seed=s, background=cfg.reconstruct.background)
 
     began = time.perf_counter()
     result = reconstruct(inputs, obs, assets.initial, assets.vposer, cfg.reconstruct, run_dir=out / "run",
-                         resume=resume, redo_from=redo_from, raster=raster, frame_rate=per_video[0][4],
+                         resume=resume, redo_from=redo_from, raster=raster, frame_rate=per_video[0].fps,
                          on_start=on_start, before_complete=pictures, log=lambda m: _log(out, m))
     _log(out, f"reconstruct: done in {time.perf_counter() - began:.1f} s; timings {json.dumps(result.timings)}")
     _log(out, f"reconstruct: results and pictures in {out / 'run'}")
@@ -338,16 +327,12 @@ def continue_command(run_dir, *, video: str | None = None, masks: str | None = N
 
 
 def _continue_into(run_dir, nxt, cfg, params, objects, viewmats, video, masks, pose_estimates, seed, resume):
-    from .geometry import matrix_to_axis_angle
-    from .reconstruct.run_files import atomic_write, save_json
-
     atomic_write(nxt / "initial_body_pose.npy", lambda tmp: np.save(tmp, params["body_pose"][-1]))
     cam = json.loads(cfg.path(cfg.camera).read_text())
     cam.update({"viewmat": viewmats[-1].tolist()})
     for key in ("eye", "target", "up", "camtoworld"):
         cam.pop(key, None)
     save_json(nxt / "camera.json", cam)
-    import jax.numpy as jnp
 
     rotation = np.asarray(matrix_to_axis_angle(jnp.asarray(objects[-1, :3, :3])))
     absolute = lambda p: str(Path(p).resolve())  # noqa: E731

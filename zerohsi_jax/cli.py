@@ -3,8 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import warnings
 from pathlib import Path
+
+import numpy as np
+
+# The commands' own modules (and JAX with them) are imported inside each command: `--help` and
+# `config` answer without loading JAX, and the XLA cache is set before the first program.
+from .cache import enable_compilation_cache
+from .errors import is_user_error, one_line
 
 
 def _parse_color(text: str) -> tuple[float, float, float]:
@@ -15,10 +24,6 @@ def _parse_color(text: str) -> tuple[float, float, float]:
 
 
 def _cmd_render(args) -> int:
-    import warnings
-
-    import numpy as np
-
     from .splat import Camera, RasterConfig, load_ply, render
 
     gaussians = load_ply(args.scene)
@@ -263,16 +268,12 @@ def _keep_compiled_programs() -> None:
     """XLA's compiled programs go to the cache root's `xla` folder, so a second run of a command
     loads them instead of compiling for a minute (ZEROHSI_JAX_XLA_CACHE=0 turns this off). A
     cache folder set already (a notebook, the tests) is left as it is."""
-    import os
-
     import jax
 
     if os.environ.get("ZEROHSI_JAX_XLA_CACHE", "1").strip().lower() in ("0", "false", "no"):
         return
     if jax.config.jax_compilation_cache_dir:
         return
-    from .cache import enable_compilation_cache
-
     enable_compilation_cache()
 
 
@@ -280,8 +281,6 @@ def main(argv: list[str] | None = None) -> int:
     """Run a command. A mistake in what the user gave (`errors.is_user_error`) is one line on
     stderr, `zerohsi-jax <command>: error: <message>`, and exit status 2; any other exception is a
     bug and keeps its traceback. `--debug` shows the traceback of every error."""
-    from .errors import is_user_error, one_line
-
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command != "config":

@@ -18,10 +18,18 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import jax.numpy as jnp
 import numpy as np
 import yaml
 
-from .reconstruct.run_files import atomic_write, save_json, save_npz
+from .avatar import save_avatar
+from .avatar.builtin import SIZES
+from .files import atomic_write, save_json, save_npz
+from .geometry import matrix_to_axis_angle
+from .io import write_video
+from .reconstruct import ObjectPose
+from .run_config import RunConfig, run_config_to_dict
+from .splat import save_ply
 
 DEMO_FRAME_RATE = 10.0
 """The demo's motion is sampled as the paper's videos are after resampling: 30 fps / 3."""
@@ -30,10 +38,6 @@ DEMO_FRAME_RATE = 10.0
 def centred_object_frame(demo):
     """The demo with its object frame on the exact centroid of the object's Gaussians (world
     positions of everything unchanged)."""
-    import jax.numpy as jnp
-
-    from .reconstruct import ObjectPose
-
     obj = demo.inputs.object
     if obj is None:
         return demo
@@ -51,9 +55,6 @@ def centred_object_frame(demo):
 def _avatar_entry(out_dir: Path, avatar, seed: int) -> dict:
     """The config's avatar settings: the built-in avatar's when `load_assets` rebuilds this one
     (it builds seed 0 with the template's shape), else the avatar saved to a file."""
-    from .avatar import save_avatar
-    from .avatar.builtin import SIZES
-
     size = next((name for name, spec in SIZES.items() if spec["map_size"] == avatar.template.map_size), None)
     if seed == 0 and size is not None and not np.any(np.asarray(avatar.template.betas)):
         return {"avatar": "builtin", "avatar_size": size, "avatar_gaussians": int(avatar.num_gaussians)}
@@ -68,11 +69,6 @@ def config_ready_demo(out_dir, demo, *, seed: int = 0, schedule=None, estimates=
 
     `seed`: the seed the demo's avatar and pose prior were built with; `schedule`: the
     ReconstructConfig the demo runs; `estimates` (S, T, 63): the simulated pose estimates per seed."""
-    from .geometry import matrix_to_axis_angle
-    from .io import write_video
-    from .run_config import RunConfig, run_config_to_dict
-    from .splat import save_ply
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     demo = centred_object_frame(demo)

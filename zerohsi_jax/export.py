@@ -19,8 +19,9 @@ from pathlib import Path
 import numpy as np
 from jaxtyping import Float
 
-from .reconstruct.run_files import save_json, save_npz
+from .files import save_json, save_npz
 from .run_results import RunResults, load_config_of, load_run, render_camera, resolve_frame_rate
+from .splat import Camera, load_ply
 
 FORMATS = ("amass", "smplx", "cameras", "objects")
 
@@ -129,8 +130,6 @@ def object_record(object_poses: Float[np.ndarray, "T 4 4"], ply: Path, centroid:
 
 
 def ply_centroid(path: Path) -> Float[np.ndarray, "3"]:
-    from .splat import load_ply
-
     return np.asarray(load_ply(path).means, np.float64).mean(axis=0)
 
 
@@ -140,8 +139,6 @@ def ply_centroid(path: Path) -> Float[np.ndarray, "3"]:
 def export_run(run_dir, fmt: str, out=None, *, stage: str = "refined", fps: float | None = None,
                config=None, camera=None) -> list[Path]:
     """Write `fmt` files for every seed of a finished run into `out` (default RUN_DIR/export)."""
-    from .splat import Camera
-
     if fmt not in FORMATS:
         raise ValueError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     if stage not in ("refined", "stage2"):

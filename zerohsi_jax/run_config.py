@@ -22,6 +22,7 @@ import yaml
 
 from .errors import MissingFileError, UserError
 from .reconstruct.config import ReconstructConfig
+from .reconstruct.losses import CAMERA_TERMS, HSI_TERMS, REFINE_TERMS
 
 
 def _f(help_text: str, **kw):
@@ -317,8 +318,6 @@ def check_values(cfg, prefix: str = "") -> None:
 def _loss_term_problems(rc: ReconstructConfig) -> list[str]:
     """Loss weights of the command line's runs must name terms of the built-in tables (the Python API
     checks them against the tables it is given)."""
-    from .reconstruct.losses import CAMERA_TERMS, HSI_TERMS, REFINE_TERMS
-
     problems = []
     for stage, table in (("camera", CAMERA_TERMS), ("hsi", HSI_TERMS), ("refine", REFINE_TERMS)):
         for name in getattr(rc, stage).loss_weights:

@@ -15,7 +15,10 @@ from pathlib import Path
 import numpy as np
 from jaxtyping import Float
 
+from .io import probe_video
 from .reconstruct.run_files import IncompleteRunError, RunFolder
+from .run_config import load_run_config
+from .splat import Camera
 
 SMPLX_KEYS = ("transl", "global_orient", "body_pose", "betas", "expression", "jaw_pose", "leye_pose", "reye_pose",
               "left_hand_pose", "right_hand_pose")
@@ -114,8 +117,6 @@ def config_path_of(run_dir) -> Path:
 def load_config_of(run_dir, config=None, *, needed_for: str):
     """The RunConfig of a run (`config` overrides where it is looked for); an error saying what
     needs it and how to give it when there is none."""
-    from .run_config import load_run_config
-
     path = Path(config) if config is not None else config_path_of(run_dir)
     if not path.is_file():
         raise FileNotFoundError(
@@ -128,8 +129,6 @@ def load_config_of(run_dir, config=None, *, needed_for: str):
 
 def render_camera(cfg, run: RunResults):
     """The camera (intrinsics, image size) the run rendered at: the config's, at the run's size."""
-    from .splat import Camera
-
     camera = Camera.load_json(cfg.path(cfg.camera))
     if run.image_size is not None:
         size = run.image_size
@@ -143,8 +142,6 @@ def render_camera(cfg, run: RunResults):
 def video_frame_rate(cfg) -> float | None:
     """Frames per second of the kept frames: the first video's rate divided by video.stride; None
     when the video does not say (an image folder) or is not there."""
-    from .io import probe_video
-
     if not cfg.video.paths:
         return None
     path = cfg.path(cfg.video.paths[0])

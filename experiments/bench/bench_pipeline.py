@@ -20,7 +20,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from zerohsi_jax.reconstruct import Observations, ReconstructConfig, paper_schedule, quick_schedule, reconstruct
-from zerohsi_jax.reconstruct.pipeline import refine_program
+from zerohsi_jax.reconstruct.losses import REFINE_TERMS, Objective
+from zerohsi_jax.reconstruct.pipeline import subject_betas
+from zerohsi_jax.reconstruct.programs import RefineBatch, RefineSettings, refine_program
 from zerohsi_jax.reconstruct.refinement import contact_points, hand_vertices
 from zerohsi_jax.synthetic.instances import build_demo_scene, noisy_estimates
 
@@ -51,15 +53,15 @@ def time_refinement(demo, cfg: ReconstructConfig, seeds: int, frames: int):
     points = jnp.broadcast_to(contact_points(demo.inputs.object.means, rot, trans, cfg.refine.max_contact_points),
                               (seeds, frames, min(demo.inputs.object.num, cfg.refine.max_contact_points), 3))
     hands = demo.inputs.body.vertex_subset(hand_vertices(demo.inputs.body, cfg.refine.max_hand_vertices))
-    from zerohsi_jax.reconstruct.losses import REFINE_TERMS
-
-    terms = tuple(sorted(REFINE_TERMS.items()))
-    run = lambda: refine_program(hands, demo.vposer, human, points, cfg.refine, True, terms)  # noqa: E731
+    batch = RefineBatch(hands, demo.vposer, human, points, jnp.asarray(subject_betas(demo.inputs)),
+                        jnp.ones((seeds,), bool))
+    settings = RefineSettings(cfg.refine, 1.0, Objective.of(REFINE_TERMS, cfg.refine.loss_weights))
+    run = lambda: refine_program(batch, settings)  # noqa: E731
     began = time.perf_counter()
-    jax.block_until_ready(run()[0].transl)
+    jax.block_until_ready(run().human.transl)
     compile_s = time.perf_counter() - began
     began = time.perf_counter()
-    jax.block_until_ready(run()[0].transl)
+    jax.block_until_ready(run().human.transl)
     return compile_s, time.perf_counter() - began
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from pathlib import Path
 
 import jax
@@ -19,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..errors import UserError
+from ..files import atomic_write
 from .layers import ViewDirNet
 from .model import AnimatableAvatar, AvatarTemplate
 from .statedict import check_state_dict, load_state_dict, to_state_dict
@@ -175,17 +175,16 @@ def template_from_arrays(arrays: dict[str, np.ndarray], config: dict) -> AvatarT
 def write_avatar_file(
     path, config: dict, state: dict[str, np.ndarray], template: dict[str, np.ndarray]
 ) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"__format__": np.array(FORMAT), "__config__": np.array(json.dumps(config))}
     payload.update({k: np.asarray(v) for k, v in state.items()})
     payload.update(template)
-    # Write through a file object so numpy does not append '.npz' to the chosen name.
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        np.savez(f, **payload)
-    os.replace(tmp, path)
-    return path
+
+    def write(tmp: str):
+        # Through a file object so numpy does not append '.npz' to the chosen name.
+        with open(tmp, "wb") as f:
+            np.savez(f, **payload)
+
+    return atomic_write(Path(path), write)
 
 
 def save_avatar(avatar: AnimatableAvatar, path) -> Path:

@@ -24,6 +24,7 @@ from jaxtyping import UInt8
 from tqdm.auto import tqdm
 
 from ..errors import UserError
+from ..files import atomic_write
 from ..splat.camera import Camera
 
 VIDEO_SUFFIXES = (".mp4", ".webm", ".mov", ".avi", ".mkv", ".m4v")
@@ -329,11 +330,6 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
     return image[..., :3]
 
 
-def _temporary_sibling(path: Path) -> Path:
-    # Same directory (so the final rename is atomic) and same suffix (ffmpeg/OpenCV pick the format by it).
-    return path.with_name(f".{path.stem}.partial-{os.getpid()}{path.suffix}")
-
-
 @functools.cache
 def _ffmpeg_encoders() -> frozenset[str]:
     import imageio_ffmpeg
@@ -376,51 +372,49 @@ def write_video(path: str | os.PathLike, frames: Iterable[np.ndarray] | np.ndarr
         raise ValueError(f"{path}: write_video writes .mp4/.mov/.mkv/.m4v/.webm, not {suffix!r}")
     if not fps > 0:
         raise ValueError(f"{path}: fps must be positive, got {fps}")
-    path.parent.mkdir(parents=True, exist_ok=True)
     codec, params = _video_codec(suffix)
-    tmp = _temporary_sibling(path)
-    writer = None
-    size = None
-    count = 0
-    try:
-        for frame in frames:
-            frame = to_uint8(frame)
-            if size is None:
-                size = frame.shape[:2]
-                padded = (size[0] + size[0] % 2, size[1] + size[1] % 2)
-                writer = imageio_ffmpeg.write_frames(
-                    str(tmp),
-                    (padded[1], padded[0]),
-                    fps=float(fps),
-                    codec=codec,
-                    quality=None,
-                    pix_fmt_out="yuv420p",
-                    macro_block_size=1,
-                    output_params=params,
-                    ffmpeg_log_level="error",
-                )
-                with _spawning_ffmpeg():
-                    writer.send(None)
-            elif frame.shape[:2] != size:
-                raise ValueError(
-                    f"{path}: frame {count} is {frame.shape[1]}x{frame.shape[0]}, the first was "
-                    f"{size[1]}x{size[0]}"
-                )
-            if frame.shape[0] % 2 or frame.shape[1] % 2:
-                frame = np.pad(frame, ((0, frame.shape[0] % 2), (0, frame.shape[1] % 2), (0, 0)), mode="edge")
-            writer.send(np.ascontiguousarray(frame))
-            count += 1
-        if writer is None:
-            raise ValueError(f"{path}: no frames to write")
-        writer.close()
+
+    def encode(tmp: str):
         writer = None
-        os.replace(tmp, path)
-    finally:
-        if writer is not None:
+        size = None
+        count = 0
+        try:
+            for frame in frames:
+                frame = to_uint8(frame)
+                if size is None:
+                    size = frame.shape[:2]
+                    padded = (size[0] + size[0] % 2, size[1] + size[1] % 2)
+                    writer = imageio_ffmpeg.write_frames(
+                        tmp,
+                        (padded[1], padded[0]),
+                        fps=float(fps),
+                        codec=codec,
+                        quality=None,
+                        pix_fmt_out="yuv420p",
+                        macro_block_size=1,
+                        output_params=params,
+                        ffmpeg_log_level="error",
+                    )
+                    with _spawning_ffmpeg():
+                        writer.send(None)
+                elif frame.shape[:2] != size:
+                    raise ValueError(
+                        f"{path}: frame {count} is {frame.shape[1]}x{frame.shape[0]}, the first was "
+                        f"{size[1]}x{size[0]}"
+                    )
+                if frame.shape[0] % 2 or frame.shape[1] % 2:
+                    frame = np.pad(frame, ((0, frame.shape[0] % 2), (0, frame.shape[1] % 2), (0, 0)), mode="edge")
+                writer.send(np.ascontiguousarray(frame))
+                count += 1
+            if writer is None:
+                raise ValueError(f"{path}: no frames to write")
             writer.close()
-        if tmp.exists():
-            tmp.unlink()
-    return path
+            writer = None
+        finally:
+            if writer is not None:
+                writer.close()
+
+    return atomic_write(path, encode)
 
 
 def write_image(path: str | os.PathLike, image: np.ndarray) -> Path:
@@ -428,17 +422,13 @@ def write_image(path: str | os.PathLike, image: np.ndarray) -> Path:
     path = Path(path)
     if path.suffix.lower() not in IMAGE_SUFFIXES:
         raise ValueError(f"{path}: write_image writes {'/'.join(IMAGE_SUFFIXES)}, not {path.suffix!r}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temporary_sibling(path)
-    try:
-        params = [cv2.IMWRITE_JPEG_QUALITY, 95] if path.suffix.lower() in (".jpg", ".jpeg") else []
-        if not cv2.imwrite(str(tmp), cv2.cvtColor(to_uint8(image), cv2.COLOR_RGB2BGR), params):
+    params = [cv2.IMWRITE_JPEG_QUALITY, 95] if path.suffix.lower() in (".jpg", ".jpeg") else []
+
+    def encode(tmp: str):
+        if not cv2.imwrite(tmp, cv2.cvtColor(to_uint8(image), cv2.COLOR_RGB2BGR), params):
             raise OSError(f"could not write image {path}")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+
+    return atomic_write(path, encode)
 
 
 def write_frames_folder(

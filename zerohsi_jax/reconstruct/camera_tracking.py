@@ -18,12 +18,22 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
+from jaxtyping import Array, Float
 
 from ..splat import Camera, Gaussians, RasterConfig, render
 from .config import CameraTrackingConfig
-from .losses import CAMERA_TERMS, weighted_sum
-from .schedules import scan_minimize
+from .gated_optim import scan_minimize
+from .losses import CAMERA_TERMS, Objective
 from .state import RasterCounts, relative_transform
+
+
+class CameraFit(NamedTuple):
+    """What tracking the camera over one frame gives."""
+
+    viewmat: Float[Array, "4 4"]  # V_t
+    losses: Float[Array, " iterations"]
+    terms: dict[str, Float[Array, " iterations"]]  # each weighted term's value per iteration
+    raster_counts: RasterCounts  # pairs dropped, and what the largest render needed
 
 
 class CameraContext(NamedTuple):
@@ -34,13 +44,14 @@ class CameraContext(NamedTuple):
 
 
 def track_camera(scene: Gaussians, camera: Camera, viewmat_prev, frame, background_mask, cfg: CameraTrackingConfig,
-                 raster: RasterConfig, background, terms=CAMERA_TERMS):
-    """Fit T* for one frame (one `lax.scan` over the iterations) and return (V_t, total loss per
-    iteration, each term's value per iteration, `RasterCounts` of the renders: the pairs dropped and
-    what the largest render needed)."""
+                 raster: RasterConfig, background, objective: Objective | None = None) -> CameraFit:
+    """Fit T* for one frame (one `lax.scan` over the iterations). `objective` defaults to
+    `CAMERA_TERMS` with the config's weights."""
+    if objective is None:
+        objective = Objective.of(CAMERA_TERMS, cfg.loss_weights)
     if not cfg.enabled or cfg.iterations == 0:
         zero = jnp.zeros((1,), frame.dtype)
-        return viewmat_prev, zero, {k: zero for k in cfg.loss_weights}, RasterCounts(*(jnp.int32(0),) * 3)
+        return CameraFit(viewmat_prev, zero, {k: zero for k in objective.names}, RasterCounts(*(jnp.int32(0),) * 3))
     opt = optax.adam(cfg.learning_rate)
 
     def moved(delta):
@@ -52,8 +63,9 @@ def track_camera(scene: Gaussians, camera: Camera, viewmat_prev, frame, backgrou
         cam = camera.with_viewmat(moved(delta))
         out = render(scene, cam, background, config=raster)
         ctx = CameraContext(out.rgb, frame, background_mask, cfg.loss)
-        total, values = weighted_sum(terms, cfg.loss_weights, ctx)
+        total, values = objective(ctx)
         return total, (values, RasterCounts.of(out))
 
-    delta, losses, (values, counts) = scan_minimize(loss_fn, jnp.zeros((6,), frame.dtype), opt, cfg.iterations)
-    return moved(delta), losses, values, counts.largest()
+    fit = scan_minimize(loss_fn, jnp.zeros((6,), frame.dtype), opt, cfg.iterations)
+    values, counts = fit.aux
+    return CameraFit(moved(fit.params), fit.losses, values, counts.largest())

@@ -18,8 +18,8 @@ def _help(text: str, **kw):
 
 
 class LossWeights(Mapping):
-    """An immutable, hashable {term name: weight} (configs are static arguments of compiled
-    programs, so everything in them must hash)."""
+    """An immutable {term name: weight}, so that a frozen config stays a value. The compiled
+    programs get the weights inside the stage's `losses.Objective`, which is what hashes them."""
 
     def __init__(self, items=()):
         self._items = tuple(sorted((str(k), float(v)) for k, v in dict(items).items()))
@@ -36,9 +36,6 @@ class LossWeights(Mapping):
     def __len__(self):
         return len(self._items)
 
-    def __hash__(self):
-        return hash(self._items)
-
     def __eq__(self, other):
         return isinstance(other, Mapping) and dict(self._items) == dict(other.items())
 
@@ -47,10 +44,14 @@ class LossWeights(Mapping):
 
 
 def _weights(**kw):
-    return dataclasses.field(default_factory=lambda: LossWeights(kw), metadata={"help": "loss term -> weight"})
+    # Left out of the config's hash (a mapping does not hash; equality still compares it): a
+    # config is a static argument of the compiled programs, and the weights reach them in the
+    # stage's `losses.Objective`.
+    return dataclasses.field(default_factory=lambda: LossWeights(kw), hash=False,
+                             metadata={"help": "loss term -> weight"})
 
 
-class _HashableWeights:
+class _ImmutableWeights:
     """Mixin: a dict given for `loss_weights` becomes a LossWeights."""
 
     def __post_init__(self):
@@ -59,7 +60,7 @@ class _HashableWeights:
 
 
 @dataclasses.dataclass(frozen=True)
-class CameraTrackingConfig(_HashableWeights):
+class CameraTrackingConfig(_ImmutableWeights):
     iterations: int = _help("Adam iterations per frame", default=30)
     learning_rate: float = _help("Adam learning rate of the relative camera transform", default=1e-3)
     loss: str = _help("photometric error on the static background: 'l2' (Algorithm 1) or 'l1'", default="l2")
@@ -72,7 +73,7 @@ class CameraTrackingConfig(_HashableWeights):
 
 
 @dataclasses.dataclass(frozen=True)
-class HSIFitConfig(_HashableWeights):
+class HSIFitConfig(_ImmutableWeights):
     iterations: int = _help("Adam iterations per frame", default=300)
     root_only_iterations: int = _help("first iterations that move only root translation and orientation",
                                       default=30)
@@ -92,7 +93,7 @@ class HSIFitConfig(_HashableWeights):
 
 
 @dataclasses.dataclass(frozen=True)
-class RefineConfig(_HashableWeights):
+class RefineConfig(_ImmutableWeights):
     iterations: int = _help("Adam iterations over the whole sequence", default=1000)
     learning_rate: float = _help("Adam learning rate of VPoser latents, root translation and orientation",
                                  default=5e-2)

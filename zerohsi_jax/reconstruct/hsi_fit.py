@@ -18,8 +18,8 @@ import optax
 
 from ..splat import Camera, Gaussians, RasterConfig, RenderOutput, render
 from .config import HSIFitConfig
-from .losses import HSI_TERMS, weighted_sum
-from .schedules import after, every, labelled_adam, restart_gates, scan_minimize
+from .gated_optim import after, every, labelled_adam, restart_gates, scan_minimize
+from .losses import HSI_TERMS, Objective
 from .state import NUM_GROUPS, OBJECT_GROUP, HumanPose, ObjectPose, RasterCounts, compose_gaussians
 
 
@@ -87,9 +87,13 @@ def frame_parameters(human: HumanPose, color, dtype=jnp.float32) -> dict:
 
 def fit_frame(avatar_rest, color, human_init: HumanPose, object_prev: ObjectPose, obj: Gaussians | None,
               scene: Gaussians, camera: Camera, frame, human_mask, object_mask, object_depth0,
-              cfg: HSIFitConfig, raster: RasterConfig, background, terms=HSI_TERMS, opt_state=None) -> FrameFit:
+              cfg: HSIFitConfig, raster: RasterConfig, background, objective: Objective | None = None,
+              opt_state=None) -> FrameFit:
     """Fit frame t, with a fresh Adam, or continuing `opt_state` (the previous frame's, when
-    `cfg.adam_state` is 'carry'; its warm-up and colour schedules restart)."""
+    `cfg.adam_state` is 'carry'; its warm-up and colour schedules restart). `objective` defaults
+    to `HSI_TERMS` with the config's weights."""
+    if objective is None:
+        objective = Objective.of(HSI_TERMS, cfg.loss_weights)
     opt = hsi_optimizer(cfg, obj is not None)
     params = frame_parameters(human_init, color, frame.dtype)
     if opt_state is not None:
@@ -102,11 +106,11 @@ def fit_frame(avatar_rest, color, human_init: HumanPose, object_prev: ObjectPose
         out = render_frame(avatar, human, obj, object_pose, scene, camera, raster, background)
         ctx = HSIContext(out, frame, human_mask, object_mask, out.group_masks[..., OBJECT_GROUP],
                          object_depth0, cfg.ssim_weight, human, object_pose, cfg.l2_kind)
-        total, values = weighted_sum(terms, cfg.loss_weights, ctx)
+        total, values = objective(ctx)
         return total, (values, RasterCounts.of(out))
 
-    params, losses, (values, counts), opt_state = scan_minimize(loss_fn, params, opt, cfg.iterations,
-                                                                  opt_state=opt_state, return_state=True)
+    fit = scan_minimize(loss_fn, params, opt, cfg.iterations, opt_state=opt_state)
+    params, (values, counts) = fit.params, fit.aux
     human = HumanPose(params["root"]["transl"], params["root"]["global_orient"], params["pose"])
-    return FrameFit(human, object_prev.compose_relative(params["object"]), params["color"], opt_state, losses, values,
-                    counts.largest())
+    return FrameFit(human, object_prev.compose_relative(params["object"]), params["color"], fit.opt_state,
+                    fit.losses, values, counts.largest())

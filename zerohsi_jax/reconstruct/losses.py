@@ -3,8 +3,8 @@
 Equation numbers refer to Li, Yu, Li, Wu, "ZeroHSI" (2025). Images are (H, W, 3) in [0, 1],
 masks (H, W) in [0, 1]. All functions are pure and differentiable.
 
-A stage's objective is `weighted_sum(terms, weights, context)`: `terms` maps a name to a function
-of the stage's context, `weights` maps names to floats (from the run config). A user adds a
+A stage's objective is an `Objective`: its term table (a name -> a function of the stage's
+context) and the weights of the run config, together, computing `weighted_sum`. A user adds a
 term by putting a function in the stage's term table (`HSI_TERMS`, `CAMERA_TERMS`,
 `REFINE_TERMS`, or a copy passed to the stage) and a weight in the config: no optimiser code
 changes. See experiments/custom_loss.py.
@@ -12,6 +12,7 @@ changes. See experiments/custom_loss.py.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
 
 import jax
@@ -228,6 +229,29 @@ def weighted_sum(terms: Mapping[str, LossTerm], weights: Mapping[str, float], co
     values = {name: terms[name](context) for name, w in weights.items() if w != 0.0}
     total = sum(weights[name] * v for name, v in values.items())
     return jnp.asarray(total), values
+
+
+@dataclasses.dataclass(frozen=True)
+class Objective:
+    """A stage's loss: its terms and their weights together, as sorted (name, value) pairs so
+    that the whole is hashable: the compiled programs take it as a static argument, and equal
+    objectives (same term functions, same weights) share one compilation."""
+
+    terms: tuple[tuple[str, LossTerm], ...]
+    weights: tuple[tuple[str, float], ...]
+
+    @classmethod
+    def of(cls, terms: Mapping[str, LossTerm], weights: Mapping[str, float]) -> Objective:
+        return cls(tuple(sorted(terms.items())), tuple(sorted((str(k), float(v)) for k, v in weights.items())))
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The weighted terms' names."""
+        return tuple(name for name, _ in self.weights)
+
+    def __call__(self, context) -> tuple[Float[Array, ""], dict[str, Float[Array, ""]]]:
+        """`weighted_sum` of the terms on `context`: (total, each evaluated term's value)."""
+        return weighted_sum(dict(self.terms), dict(self.weights), context)
 
 
 # Term tables: each maps a name to a function of the stage's context (see the stage modules for

@@ -9,23 +9,43 @@ a short sequential warm-up in one vmapped program (an experiment; see experiment
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 import warnings
 from collections.abc import Callable, Mapping
+from typing import NamedTuple
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jaxtyping import Array, Float
+from tqdm import tqdm
 
+from ..body import betas_for
 from ..errors import InputError, UserError
+from ..files import atomic_write, save_json, save_npz
 from ..splat import Camera, RasterConfig, RasterOverflowError, fit_capacity, grown_capacity
-from .camera_tracking import track_camera
-from .config import ReconstructConfig
-from .hsi_fit import fit_frame, frame_parameters, hsi_optimizer, render_frame
-from .losses import CAMERA_TERMS, HSI_TERMS, REFINE_TERMS, mean_masked_depth, static_background_masks
-from .refinement import contact_pair_scale, contact_points, hand_vertices, refine_sequence
+from .config import ReconstructConfig, RefineConfig
+from .hsi_fit import frame_parameters, hsi_optimizer
+from .losses import CAMERA_TERMS, HSI_TERMS, REFINE_TERMS, Objective, static_background_masks
+from .programs import (
+    CameraBatch,
+    CameraSettings,
+    HSIBatch,
+    HSISettings,
+    RefineBatch,
+    RefineSettings,
+    RenderSettings,
+    Shared,
+    camera_program,
+    hsi_frames_program,
+    hsi_program,
+    initial_depth_program,
+    refine_program,
+)
+from .refinement import contact_pair_scale, contact_points, hand_vertices
 from .run_files import RunFolder, fingerprint
 from .state import (
     OBJECT_GROUP,
@@ -87,112 +107,12 @@ def _first_bad(stage: str, frame: int, totals, terms: Mapping[str, np.ndarray]):
     )
 
 
-# --------------------------------------------------------------------------- the programs
-
-
-class Shared(eqx.Module):
-    """The arrays every seed and frame reads: the programs' non-batched argument."""
-
-    scene: object
-    object: object
-    avatar_rest: object
-    camera: Camera
-
-
-# The compiled programs. Configs, rasterizer settings and term tables are static (hashable)
-# arguments, so every `reconstruct` call with the same shapes and settings reuses one compilation.
-
-
-@eqx.filter_jit
-def camera_program(shared: Shared, viewmats, frames, background_masks, cfg, raster, background, terms):
-    """Stage 1 for one frame of every seed."""
-    def one(viewmat, frame, mask):
-        return track_camera(shared.scene, shared.camera, viewmat, frame, mask, cfg, raster,
-                            jnp.asarray(background, jnp.float32), dict(terms))
-
-    return eqx.filter_vmap(one)(viewmats, frames, background_masks)
-
-
-def _fit_one(shared: Shared, state: FrameState, viewmat, frame, human_mask, object_mask, estimate, cfg, raster,
-             background, terms, use_estimates: bool):
-    init = state.human
-    if use_estimates:
-        init = HumanPose(init.transl, init.global_orient, estimate)
-    carry = cfg.adam_state == "carry"
-    fit = fit_frame(
-        shared.avatar_rest, state.color, init, state.object, shared.object, shared.scene,
-        shared.camera.with_viewmat(viewmat), frame, human_mask, object_mask, state.object_depth0, cfg, raster,
-        jnp.asarray(background, jnp.float32), dict(terms), state.opt_state if carry else None,
-    )  # fmt: skip
-    state = FrameState(viewmat, fit.human, fit.object_pose, fit.color, state.object_depth0,
-                       fit.opt_state if carry else None)
-    return state, fit.losses, fit.terms, fit.raster_counts
-
-
-@eqx.filter_jit
-def hsi_program(shared: Shared, states, viewmats, frames, human_masks, object_masks, estimates, cfg, raster,
-                background, terms, use_estimates: bool):
-    """Stage 2 for one frame of every seed."""
-    def one(*args):
-        return _fit_one(shared, *args, cfg, raster, background, terms, use_estimates)
-
-    return eqx.filter_vmap(one)(states, viewmats, frames, human_masks, object_masks, estimates)
-
-
-@eqx.filter_jit
-def hsi_frames_program(shared: Shared, states, viewmats, frames, human_masks, object_masks, estimates, cfg,
-                       raster, background, terms, use_estimates: bool):
-    """Stage 2 for many frames of every seed at once (frame-parallel mode): (seeds, frames, ...)."""
-    def one(*args):
-        return _fit_one(shared, *args, cfg, raster, background, terms, use_estimates)
-
-    return eqx.filter_vmap(eqx.filter_vmap(one))(states, viewmats, frames, human_masks, object_masks, estimates)
-
-
-@eqx.filter_jit
-def initial_depth_program(shared: Shared, states, object_masks, raster, background):
-    """D_O^0 (eq. 12): mean rendered depth of frame 0 inside the object's mask, per seed."""
-    def one(state: FrameState, mask):
-        avatar = eqx.combine(state.color, shared.avatar_rest)
-        out = render_frame(avatar, state.human, shared.object, state.object, shared.scene,
-                           shared.camera.with_viewmat(state.viewmat), raster, jnp.asarray(background, jnp.float32))
-        return mean_masked_depth(out.depth, mask), RasterCounts.of(out)
-
-    return eqx.filter_vmap(one)(states, object_masks)
-
-
-@eqx.filter_jit
-def refine_program(hands_model, vposer, human, points, betas, cfg, dynamic, pair_scale: float, terms):
-    """Stage 3 for every seed; `dynamic` (S,) says which seeds' objects move."""
-    def one(h, p, d):
-        return refine_sequence(hands_model, vposer, h, p, cfg, d, dict(terms), betas, pair_scale)
-
-    return eqx.filter_vmap(one, in_axes=(0, 0 if points is not None else None, 0))(human, points, dynamic)
-
-
 def object_moves(object_poses: np.ndarray, threshold: float) -> np.ndarray:
     """(S,) whether each seed's object moves: some entry of its pose (rotation entries, translation
     in metres) changes by more than `threshold` between frames. A static object gets eq. S4's
     static smoothness weight."""
     steps = np.abs(np.diff(np.asarray(object_poses)[..., :3, :], axis=1))
     return steps.reshape(steps.shape[0], -1).max(axis=1, initial=0.0) > threshold
-
-
-def _refine(inputs: SceneInputs, vposer, human2: HumanPose, objects: ObjectPose, cfg, betas, terms):
-    """Stage 3 of every seed: (refined poses, loss per iteration, each term per iteration)."""
-    has_object = inputs.object is not None
-    points = None
-    if has_object:
-        points = jax.vmap(lambda r, t: contact_points(inputs.object.means, r, t, cfg.max_contact_points))(
-            objects.rotation, objects.translation)
-        dynamic = object_moves(objects.matrix(), cfg.dynamic_threshold)
-    else:
-        dynamic = np.zeros(human2.transl.shape[0], bool)
-    pair_scale = contact_pair_scale(inputs.body, inputs.object.num, cfg) if has_object else 1.0
-    hands_model = inputs.body.vertex_subset(hand_vertices(inputs.body, cfg.max_hand_vertices))
-    refined, _, loss, term_values = refine_program(hands_model, vposer, human2, points, jnp.asarray(betas), cfg,
-                                                   jnp.asarray(dynamic), float(pair_scale), terms)
-    return refined, loss, term_values
 
 
 def _state_arrays(state: FrameState) -> dict:
@@ -257,6 +177,7 @@ def _check_observations(obs: Observations, camera: Camera):
 def _check_config(cfg: ReconstructConfig, terms: Mapping[str, Mapping]):
     """The config's numbers in range and its loss weights naming terms of the tables, before
     anything is compiled (an unknown term would otherwise fail only inside the first program)."""
+    # Here, not at the top: run_config imports reconstruct.config, and so this package.
     from ..run_config import ConfigError, check_values
 
     check_values(cfg, "reconstruct")
@@ -371,14 +292,25 @@ def _grown_raster(raster: RasterConfig, counts: RasterCounts, where: str, say) -
 
 
 def _until_it_fits(run, raster: RasterConfig, where: str, say):
-    """`run(raster)` (whose last output is its `RasterCounts`), again with grown capacities while
-    it drops pairs: (outputs, the capacities that held)."""
+    """`run(raster)` (a record with its `raster_counts`), again with grown capacities while it
+    drops pairs: (its output, the capacities that held)."""
     while True:
         out = run(raster)
-        grown = _grown_raster(raster, out[-1], where, say)
+        grown = _grown_raster(raster, out.raster_counts, where, say)
         if grown is None:
             return out, raster
         raster = grown
+
+
+def _warn_overflow(where, overflow, raster, grown):
+    warnings.warn(
+        f"{where}: the rasterizer dropped {overflow} tile-Gaussian pairs (tile_capacity {raster.tile_capacity}, "
+        f"pair_capacity {raster.pair_capacity}, RasterConfig overflow='drop'); the fit saw an incomplete render. "
+        f"Set tile_capacity={grown.tile_capacity}, pair_capacity={grown.pair_capacity}, or leave overflow at "
+        "'grow' to have the frame redone with capacities that fit.",
+        RuntimeWarning,
+        stacklevel=4,
+    )
 
 
 # ------------------------------------------------------------------------------ the run
@@ -424,57 +356,107 @@ def reconstruct(
     terms = {"camera": camera_terms, "hsi": hsi_terms, "refine": refine_terms}
     _check_config(cfg, terms)
     raster = raster or measure_raster_config(inputs, initial, cfg)
-    if log is None:
-        from tqdm import tqdm
-
-        log = tqdm.write  # a line between progress bars, not through them
-    run = dict(inputs=inputs, observations=observations, initial=initial, vposer=vposer, cfg=cfg, progress=progress,
-               raster=raster, terms=terms, frame_rate=frame_rate, before_complete=before_complete, log=log)
-    if run_dir is None:
+    manifest = lambda: run_manifest(inputs, observations, initial, vposer, cfg, raster, terms)  # noqa: E731
+    with _run_folder(run_dir, manifest, resume, redo_from) as folder:
         if on_start is not None:
             on_start()
-        return _reconstruct(**run, folder=None, resume=False)
+        run = _prepare_run(inputs, observations, cfg, terms, folder, progress, log or tqdm.write)
+        fitted = start_or_resume(run, initial, raster, resume)
+        fitted = _fit_frames_sequentially(run, fitted)
+        if fitted.next_frame < run.n_frames:
+            fitted = fit_frames_in_parallel(run, fitted)
+        result = refine(run, vposer, fitted)
+        write(run, result, frame_rate, before_complete)
+        return result
+
+
+@contextlib.contextmanager
+def _run_folder(run_dir, manifest: Callable[[], dict], resume: bool, redo_from: int | None):
+    """The run folder, locked for this run and started (`RunFolder.start`: checked to hold the
+    same problem, or emptied) for the whole `with`; None without `run_dir`."""
+    if run_dir is None:
+        yield None
+        return
     folder = RunFolder(run_dir)
     with folder.lock("reconstruct"):
-        folder.start(run_manifest(inputs, observations, initial, vposer, cfg, raster, terms), resume,
-                     redo_from=redo_from)
-        if on_start is not None:
-            on_start()
-        return _reconstruct(**run, folder=folder, resume=resume)
+        folder.start(manifest(), resume, redo_from=redo_from)
+        yield folder
 
 
-def _reconstruct(inputs: SceneInputs, observations: Observations, initial: InitialState, vposer,
-                 cfg: ReconstructConfig, *, folder: RunFolder | None, resume: bool, progress: bool,
-                 raster: RasterConfig, terms: dict, frame_rate, before_complete, log) -> Reconstruction:
-    """`reconstruct` once its run folder (if any) is locked and ready."""
-    from tqdm import tqdm
+@dataclasses.dataclass(frozen=True, eq=False)
+class _Run:
+    """What every step of one run reads: its inputs, and what is derived from them once."""
 
+    inputs: SceneInputs
+    obs: Observations
+    cfg: ReconstructConfig
+    shared: Shared
+    color0: eqx.Module
+    """The avatar's colour-net arrays as given (frame 0's)."""
+    background: tuple[float, float, float]
+    objectives: dict[str, Objective]
+    """Each stage's loss terms with the config's weights, by stage ('camera', 'hsi', 'refine')."""
+    background_masks: Float[Array, "S T H W"]
+    estimates: Float[Array, "S T 63"]
+    use_estimates: bool
+    folder: RunFolder | None
+    color_every: int
+    """The colour net (and Adam state) is checkpointed every this many frames."""
+    progress: bool
+    log: Callable[[str], None]
+
+    @property
+    def n_seeds(self) -> int:
+        return int(self.obs.frames.shape[0])
+
+    @property
+    def n_frames(self) -> int:
+        return int(self.obs.frames.shape[1])
+
+    @property
+    def sequential_end(self) -> int:
+        """The first frame the frame-parallel fit fits (T when every frame is fitted in turn)."""
+        if self.cfg.mode == "sequential":
+            return self.n_frames
+        return min(self.n_frames, max(1, self.cfg.parallel_warmup_frames + 1))
+
+    def render_settings(self, raster: RasterConfig) -> RenderSettings:
+        return RenderSettings(_drop_on_device(raster), self.background)
+
+    def camera_settings(self, raster: RasterConfig) -> CameraSettings:
+        return CameraSettings(self.cfg.camera, self.render_settings(raster), self.objectives["camera"])
+
+    def hsi_settings(self, raster: RasterConfig) -> HSISettings:
+        return HSISettings(self.cfg.hsi, self.render_settings(raster), self.objectives["hsi"], self.use_estimates)
+
+    def hsi_batch(self, states: FrameState, viewmats, frames: slice | int) -> HSIBatch:
+        obs = self.obs
+        return HSIBatch(states, viewmats, obs.frames[:, frames], obs.human_masks[:, frames],
+                        obs.object_masks[:, frames], self.estimates[:, frames])
+
+
+class Fitted(NamedTuple):
+    """The frames fitted so far: a state per frame (seeds leading), whose poses are fitted before
+    `next_frame` (after it, in frame-parallel mode, only the cameras are tracked), the capacities
+    that held, the stage timings and the loss traces."""
+
+    states: list[FrameState]
+    next_frame: int
+    raster: RasterConfig
+    timings: dict[str, float]
+    losses: dict[str, list]
+
+
+def _prepare_run(inputs: SceneInputs, observations: Observations, cfg: ReconstructConfig, terms: dict,
+                 folder: RunFolder | None, progress: bool, log) -> _Run:
+    """The run's fixed parts: the programs' shared argument, objectives, masks and estimates."""
     n_seeds, n_frames = observations.frames.shape[:2]
-    has_object = inputs.object is not None
     color0, avatar_rest = eqx.partition(inputs.avatar, inputs.avatar.color_filter())
     # Group ids set once here, so that scenes with and without them compile to the same program.
     shared = Shared(inputs.scene.with_group(SCENE_GROUP),
                     None if inputs.object is None else inputs.object.with_group(OBJECT_GROUP), avatar_rest,
                     inputs.camera)
-    background = tuple(float(c) for c in cfg.background)
-    camera_terms, hsi_terms, refine_terms = (tuple(sorted(terms[k].items())) for k in ("camera", "hsi", "refine"))
     use_estimates = observations.pose_estimates is not None
-    obs = observations
-    background_masks = static_background_masks(obs.human_masks, obs.object_masks)
-    estimates = obs.pose_estimates if use_estimates else jnp.zeros((n_seeds, n_frames, 63))
-
-    def fit(states, viewmats, t_slice, program):
-        def run(r):
-            out = program(shared, states, viewmats, obs.frames[:, t_slice], obs.human_masks[:, t_slice],
-                          obs.object_masks[:, t_slice], estimates[:, t_slice], cfg.hsi, _drop_on_device(r),
-                          background, hsi_terms, use_estimates)
-            jax.block_until_ready(out[0].viewmat)
-            return out
-
-        return run
-
-    timings = {"camera_tracking_s": 0.0, "hsi_fit_s": 0.0, "refinement_s": 0.0, "compile_and_first_frame_s": 0.0}
-
     # A large colour net (the official avatar's is ~300 MB) is checkpointed every 10th frame only,
     # and only the newest checkpoint is kept: a resumed run then redoes at most 9 frames instead of
     # writing gigabytes per sequence.
@@ -482,152 +464,224 @@ def _reconstruct(inputs: SceneInputs, observations: Observations, initial: Initi
     color_every = 1 if color_bytes < 64 * 2**20 else 10
     if folder is not None:
         folder.keep_checkpoints = 2 if color_every == 1 else 1
+    return _Run(
+        inputs=inputs,
+        obs=observations,
+        cfg=cfg,
+        shared=shared,
+        color0=color0,
+        background=tuple(float(c) for c in cfg.background),
+        objectives={stage: Objective.of(terms[stage], getattr(cfg, stage).loss_weights)
+                    for stage in ("camera", "hsi", "refine")},
+        background_masks=static_background_masks(observations.human_masks, observations.object_masks),
+        estimates=observations.pose_estimates if use_estimates else jnp.zeros((n_seeds, n_frames, 63)),
+        use_estimates=use_estimates,
+        folder=folder,
+        color_every=color_every,
+        progress=progress,
+        log=log,
+    )
 
-    # Frame 0 is the initial state the video was generated from.
-    object0 = initial.object_pose or ObjectPose(jnp.eye(3, dtype=jnp.float32), jnp.zeros(3, jnp.float32))
-    start = 1
-    states = None
-    opt_state0 = _initial_adam_state(cfg.hsi, has_object, initial.human, color0, n_seeds)
+
+def start_or_resume(run: _Run, initial: InitialState, raster: RasterConfig, resume: bool) -> Fitted:
+    """Where fitting starts: with `resume`, after the last frame the run folder holds whole (its
+    states read back, the colour net and Adam state from its newest checkpoint); else at frame 1,
+    from frame 0, the initial state the video was generated from, with D_O^0 (eq. 12) rendered,
+    and written to the folder."""
+    folder, n_seeds = run.folder, run.n_seeds
+    timings = {"camera_tracking_s": 0.0, "hsi_fit_s": 0.0, "refinement_s": 0.0, "compile_and_first_frame_s": 0.0}
+    losses = {"camera": [], "hsi": []}
+    opt_state0 = _initial_adam_state(run.cfg.hsi, run.inputs.object is not None, initial.human, run.color0, n_seeds)
     if folder is not None and resume and (t_done := folder.resumable_frame()) is not None:
-        color, opt_state = folder.read_color_state(t_done, (_broadcast_seeds(color0, n_seeds), opt_state0))
+        color, opt_state = folder.read_color_state(t_done, (_broadcast_seeds(run.color0, n_seeds), opt_state0))
         states = [_state_from_arrays(folder.read_frame(t, FRAME_KEYS), color) for t in range(t_done + 1)]
         states[-1] = eqx.tree_at(lambda s: s.opt_state, states[-1], opt_state, is_leaf=lambda x: x is None)
-        start = t_done + 1
-        if progress:
-            log(f"resuming {folder.root} after frame {t_done}")
-    if states is None:
-        state0 = FrameState(inputs.camera.viewmat, initial.human, object0, color0, jnp.zeros(()))
-        state0 = _broadcast_seeds(state0, n_seeds)
-        state0 = eqx.tree_at(lambda s: s.opt_state, state0, opt_state0, is_leaf=lambda x: x is None)
-        (depth0, _), raster = _until_it_fits(
-            lambda r: initial_depth_program(shared, state0, obs.object_masks[:, 0], _drop_on_device(r), background),
-            raster, "frame 0 (initial object depth)", log)
-        state0 = eqx.tree_at(lambda s: s.object_depth0, state0, depth0)
-        states = [state0]
-        if folder is not None:
-            folder.write_frame(0, _state_arrays(state0))
-            folder.write_color_state(0, (state0.color, state0.opt_state))
+        if run.progress:
+            run.log(f"resuming {folder.root} after frame {t_done}")
+        return Fitted(states, t_done + 1, raster, timings, losses)
+    object0 = initial.object_pose or ObjectPose(jnp.eye(3, dtype=jnp.float32), jnp.zeros(3, jnp.float32))
+    state0 = FrameState(run.inputs.camera.viewmat, initial.human, object0, run.color0, jnp.zeros(()))
+    state0 = _broadcast_seeds(state0, n_seeds)
+    state0 = eqx.tree_at(lambda s: s.opt_state, state0, opt_state0, is_leaf=lambda x: x is None)
+    depth0, raster = _until_it_fits(
+        lambda r: initial_depth_program(run.shared, state0, run.obs.object_masks[:, 0], run.render_settings(r)),
+        raster, "frame 0 (initial object depth)", run.log)
+    state0 = eqx.tree_at(lambda s: s.object_depth0, state0, depth0.depth)
+    if folder is not None:
+        folder.write_frame(0, _state_arrays(state0))
+        folder.write_color_state(0, (state0.color, state0.opt_state))
+    return Fitted([state0], 1, raster, timings, losses)
 
-    def track(r, prev, t):
-        out = camera_program(shared, prev.viewmat, obs.frames[:, t], background_masks[:, t], cfg.camera,
-                             _drop_on_device(r), background, camera_terms)
-        jax.block_until_ready(out[0])
+
+class FrameStep(NamedTuple):
+    """Frame t fitted by `fit_one_frame`."""
+
+    state: FrameState
+    camera_losses: np.ndarray  # (S, iterations)
+    hsi_losses: np.ndarray | None  # (S, iterations); None when the HSI fit waits for the frame-parallel fit
+    camera_s: float
+    hsi_s: float
+    raster: RasterConfig  # the capacities that held
+
+
+def fit_one_frame(run: _Run, prev: FrameState, t: int, raster: RasterConfig, *, fit_pose: bool = True
+                  ) -> FrameStep:
+    """Frame t of every seed from frame t-1's state: camera tracking (stage 1), then the HSI fit
+    (stage 2) unless `fit_pose` is False (frame-parallel mode: only the camera advances, the poses
+    are fitted together later). Each stage is redone with grown capacities while its renders drop
+    pairs, and stopped by `ReconstructionDiverged` when a loss is not finite."""
+    obs = run.obs
+
+    def track(r):
+        out = camera_program(run.shared, CameraBatch(prev.viewmat, obs.frames[:, t], run.background_masks[:, t]),
+                             run.camera_settings(r))
+        jax.block_until_ready(out.viewmat)
         return out
 
-    losses = {"camera": [], "hsi": []}
-    sequential_end = n_frames if cfg.mode == "sequential" else min(n_frames, max(1, cfg.parallel_warmup_frames + 1))
-    bar = tqdm(range(start, n_frames), desc="frames", unit="frame", disable=not progress)
+    began = time.perf_counter()
+    camera, raster = _until_it_fits(track, raster, f"frame {t} (camera tracking)", run.log)
+    camera_s = time.perf_counter() - began
+    _first_bad("camera tracking", t, camera.losses, camera.terms)
+    if not fit_pose:
+        return FrameStep(eqx.tree_at(lambda s: s.viewmat, prev, camera.viewmat), np.asarray(camera.losses), None,
+                         camera_s, 0.0, raster)
+    began = time.perf_counter()
+    fit, raster = _until_it_fits(_hsi_run(run, hsi_program, prev, camera.viewmat, t), raster,
+                                 f"frame {t} (HSI fit)", run.log)
+    hsi_s = time.perf_counter() - began
+    _first_bad("HSI fit", t, fit.losses, fit.terms)
+    return FrameStep(fit.state, np.asarray(camera.losses), np.asarray(fit.losses), camera_s, hsi_s, raster)
+
+
+def _hsi_run(run: _Run, program, states: FrameState, viewmats, frames: slice | int):
+    """`program` (one frame, or frames in parallel) on `frames` as a function of the capacities."""
+    def go(r):
+        out = program(run.shared, run.hsi_batch(states, viewmats, frames), run.hsi_settings(r))
+        jax.block_until_ready(out.state.viewmat)
+        return out
+
+    return go
+
+
+def _fit_frames_sequentially(run: _Run, fitted: Fitted) -> Fitted:
+    """`fit_one_frame` for every frame from `fitted.next_frame` on, in turn; each frame before
+    `run.sequential_end` is written to the run folder as it is done (the colour net every
+    `run.color_every`-th frame and at the last), and the frame after the start carries the
+    compilation in its time."""
+    states, raster = list(fitted.states), fitted.raster
+    timings, losses = dict(fitted.timings), {k: list(v) for k, v in fitted.losses.items()}
+    start, end = fitted.next_frame, run.sequential_end
+    bar = tqdm(range(start, run.n_frames), desc="frames", unit="frame", disable=not run.progress)
     for t in bar:
-        prev = states[t - 1]
-        began = time.perf_counter()
-        (viewmat, cam_loss, cam_terms, _), raster = _until_it_fits(
-            lambda r, prev=prev, t=t: track(r, prev, t), raster, f"frame {t} (camera tracking)", log)
-        camera_s = time.perf_counter() - began
-        _first_bad("camera tracking", t, cam_loss, cam_terms)
-        if t < sequential_end:
-            began = time.perf_counter()
-            (state, hsi_loss, hsi_terms_v, _), raster = _until_it_fits(
-                fit(prev, viewmat, t, hsi_program), raster, f"frame {t} (HSI fit)", log)
-            hsi_s = time.perf_counter() - began
-            _first_bad("HSI fit", t, hsi_loss, hsi_terms_v)
-            losses["hsi"].append(np.asarray(hsi_loss))
-        else:
-            # Frame-parallel: only the camera advances here; poses are fitted together below.
-            state, hsi_s = eqx.tree_at(lambda s: s.viewmat, prev, viewmat), 0.0
-        losses["camera"].append(np.asarray(cam_loss))
+        step = fit_one_frame(run, states[t - 1], t, raster, fit_pose=t < end)
+        raster = step.raster
+        if step.hsi_losses is not None:
+            losses["hsi"].append(step.hsi_losses)
+        losses["camera"].append(step.camera_losses)
         if t == start:
-            timings["compile_and_first_frame_s"] += camera_s + hsi_s
+            timings["compile_and_first_frame_s"] += step.camera_s + step.hsi_s
         else:
-            timings["camera_tracking_s"] += camera_s
-            timings["hsi_fit_s"] += hsi_s
-        states.append(state)
-        if folder is not None and t < sequential_end:
-            folder.write_frame(t, _state_arrays(state))
-            if t % color_every == 0 or t == sequential_end - 1:
-                folder.write_color_state(t, (state.color, state.opt_state))
-        if progress and t < sequential_end:
-            bar.set_postfix(hsi_loss=f"{float(np.mean(np.asarray(hsi_loss)[..., -1])):.4f}")
-
-    if sequential_end < n_frames:
-        states, raster = _fit_frames_in_parallel(fit, raster, states, sequential_end, n_frames, timings, folder,
-                                                 losses, log)
-
-    stacked = tree_stack(states)  # leaves (T, S, ...)
-    stacked = jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), stacked)  # (S, T, ...)
-    human2 = stacked.human
-    object_poses = stacked.object.matrix()
-
-    betas = subject_betas(inputs)
-    refined = human2
-    if cfg.refine.enabled and cfg.refine.iterations > 0:
-        began = time.perf_counter()
-        refined, ref_loss, ref_terms = _refine(inputs, vposer, human2, stacked.object, cfg.refine, betas,
-                                               refine_terms)
-        jax.block_until_ready(refined.transl)
-        timings["refinement_s"] = time.perf_counter() - began
-        _first_bad("refinement", n_frames - 1, ref_loss, ref_terms)
-        losses["refine"] = np.asarray(ref_loss)
-
-    result = Reconstruction(
-        viewmats=np.asarray(stacked.viewmat),
-        human_stage2=jax.tree.map(np.asarray, human2),
-        human=jax.tree.map(np.asarray, refined),
-        object_poses=np.asarray(object_poses),
-        timings=timings,
-        losses=losses,
-        raster=raster,
-        betas=betas,
-    )
-    if folder is not None:
-        write_results(folder, result, gender=getattr(inputs.body, "gender", "neutral"), frame_rate=frame_rate,
-                      before_complete=before_complete)
-    elif before_complete is not None:
-        before_complete(result)
-    return result
+            timings["camera_tracking_s"] += step.camera_s
+            timings["hsi_fit_s"] += step.hsi_s
+        states.append(step.state)
+        if run.folder is not None and t < end:
+            run.folder.write_frame(t, _state_arrays(step.state))
+            if t % run.color_every == 0 or t == end - 1:
+                run.folder.write_color_state(t, (step.state.color, step.state.opt_state))
+        if run.progress and t < end:
+            bar.set_postfix(hsi_loss=f"{float(np.mean(step.hsi_losses[..., -1])):.4f}")
+    return Fitted(states, end, raster, timings, losses)
 
 
-def subject_betas(inputs: SceneInputs) -> np.ndarray:
-    """The subject's shape: the avatar's betas, cut or zero-padded to the body model's count."""
-    from ..body import betas_for
-
-    template = getattr(inputs.avatar, "template", None)
-    return betas_for(inputs.body, None if template is None else template.betas)
-
-
-def _warn_overflow(where, overflow, raster, grown):
-    warnings.warn(
-        f"{where}: the rasterizer dropped {overflow} tile-Gaussian pairs (tile_capacity {raster.tile_capacity}, "
-        f"pair_capacity {raster.pair_capacity}, RasterConfig overflow='drop'); the fit saw an incomplete render. "
-        f"Set tile_capacity={grown.tile_capacity}, pair_capacity={grown.pair_capacity}, or leave overflow at "
-        "'grow' to have the frame redone with capacities that fit.",
-        RuntimeWarning,
-        stacklevel=4,
-    )
-
-
-def _fit_frames_in_parallel(fit, raster, states, first, n_frames, timings, folder, losses, log):
-    """Frame-parallel HSI fit of frames first..T-1, every frame starting from frame first-1:
-    (the states of every frame, the capacities that held)."""
+def fit_frames_in_parallel(run: _Run, fitted: Fitted) -> Fitted:
+    """Frame-parallel HSI fit of frames `fitted.next_frame`..T-1 in one program, every frame
+    starting from the frame before them (with its own tracked camera); each frame is written to
+    the run folder, and the colour net of the last."""
+    first, n_frames, states = fitted.next_frame, run.n_frames, fitted.states
     count = n_frames - first
     anchor = states[first - 1]
     init = jax.tree.map(lambda x: jnp.broadcast_to(x[:, None], (x.shape[0], count) + x.shape[1:]), anchor)
     viewmats = jnp.stack([states[t].viewmat for t in range(first, n_frames)], axis=1)
     began = time.perf_counter()
-    (fitted, hsi_loss, hsi_terms_v, _), raster = _until_it_fits(
-        fit(init, viewmats, slice(first, n_frames), hsi_frames_program), raster,
-        f"frames {first}-{n_frames - 1} (frame-parallel HSI fit)", log)
-    timings["hsi_fit_s"] += time.perf_counter() - began
-    _first_bad("HSI fit (frame-parallel)", first, hsi_loss, hsi_terms_v)
+    fit, raster = _until_it_fits(_hsi_run(run, hsi_frames_program, init, viewmats, slice(first, n_frames)),
+                                 fitted.raster, f"frames {first}-{n_frames - 1} (frame-parallel HSI fit)", run.log)
+    timings = {**fitted.timings, "hsi_fit_s": fitted.timings["hsi_fit_s"] + time.perf_counter() - began}
+    _first_bad("HSI fit (frame-parallel)", first, fit.losses, fit.terms)
     out = list(states[:first])
+    hsi_losses = list(fitted.losses["hsi"])
     for i, t in enumerate(range(first, n_frames)):
-        state = jax.tree.map(lambda x, i=i: x[:, i], fitted)
+        state = jax.tree.map(lambda x, i=i: x[:, i], fit.state)
         out.append(state)
-        losses["hsi"].append(np.asarray(hsi_loss[:, i]))
-        if folder is not None:
-            folder.write_frame(t, _state_arrays(state))
-    if folder is not None:
-        folder.write_color_state(n_frames - 1, (out[-1].color, out[-1].opt_state))
-    return out, raster
+        hsi_losses.append(np.asarray(fit.losses[:, i]))
+        if run.folder is not None:
+            run.folder.write_frame(t, _state_arrays(state))
+    if run.folder is not None:
+        run.folder.write_color_state(n_frames - 1, (out[-1].color, out[-1].opt_state))
+    return Fitted(out, n_frames, raster, timings, {**fitted.losses, "hsi": hsi_losses})
+
+
+def refine(run: _Run, vposer, fitted: Fitted) -> Reconstruction:
+    """Stage 3 over the fitted sequence of every seed (when the config enables it), stopped by
+    `ReconstructionDiverged` when a loss is not finite: the run's `Reconstruction`."""
+    stacked = tree_stack(fitted.states)  # leaves (T, S, ...)
+    stacked = jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), stacked)  # (S, T, ...)
+    human2 = stacked.human
+    betas = subject_betas(run.inputs)
+    refined, timings, losses = human2, dict(fitted.timings), dict(fitted.losses)
+    cfg = run.cfg.refine
+    if cfg.enabled and cfg.iterations > 0:
+        began = time.perf_counter()
+        out = refine_program(_refine_batch(run.inputs, vposer, human2, stacked.object, cfg, betas),
+                             _refine_settings(run.inputs, cfg, run.objectives["refine"]))
+        jax.block_until_ready(out.human.transl)
+        refined = out.human
+        timings["refinement_s"] = time.perf_counter() - began
+        _first_bad("refinement", run.n_frames - 1, out.losses, out.terms)
+        losses["refine"] = np.asarray(out.losses)
+    return Reconstruction(
+        viewmats=np.asarray(stacked.viewmat),
+        human_stage2=jax.tree.map(np.asarray, human2),
+        human=jax.tree.map(np.asarray, refined),
+        object_poses=np.asarray(stacked.object.matrix()),
+        timings=timings,
+        losses=losses,
+        raster=fitted.raster,
+        betas=betas,
+    )
+
+
+def _refine_batch(inputs: SceneInputs, vposer, human2: HumanPose, objects: ObjectPose, cfg: RefineConfig,
+                  betas) -> RefineBatch:
+    """Stage 3's inputs: the object's contact points per frame and whether it moves, per seed."""
+    if inputs.object is not None:
+        points = jax.vmap(lambda r, t: contact_points(inputs.object.means, r, t, cfg.max_contact_points))(
+            objects.rotation, objects.translation)
+        dynamic = object_moves(objects.matrix(), cfg.dynamic_threshold)
+    else:
+        points, dynamic = None, np.zeros(human2.transl.shape[0], bool)
+    hands_model = inputs.body.vertex_subset(hand_vertices(inputs.body, cfg.max_hand_vertices))
+    return RefineBatch(hands_model, vposer, human2, points, jnp.asarray(betas), jnp.asarray(dynamic))
+
+
+def _refine_settings(inputs: SceneInputs, cfg: RefineConfig, objective: Objective) -> RefineSettings:
+    pair_scale = contact_pair_scale(inputs.body, inputs.object.num, cfg) if inputs.object is not None else 1.0
+    return RefineSettings(cfg, float(pair_scale), objective)
+
+
+def write(run: _Run, result: Reconstruction, frame_rate: float | None, before_complete) -> None:
+    """The results into the run folder (`write_results`), or, without one, only
+    `before_complete(result)`."""
+    if run.folder is not None:
+        write_results(run.folder, result, gender=getattr(run.inputs.body, "gender", "neutral"),
+                      frame_rate=frame_rate, before_complete=before_complete)
+    elif before_complete is not None:
+        before_complete(result)
+
+
+def subject_betas(inputs: SceneInputs) -> np.ndarray:
+    """The subject's shape: the avatar's betas, cut or zero-padded to the body model's count."""
+    template = getattr(inputs.avatar, "template", None)
+    return betas_for(inputs.body, None if template is None else template.betas)
 
 
 def smplx_param_arrays(human: HumanPose, betas) -> dict[str, np.ndarray]:
@@ -655,8 +709,6 @@ def write_results(folder: RunFolder, result: Reconstruction, *, gender: str = "n
     """Per seed the SMPL-X parameters (refined and stage 2), object poses and cameras; the loss
     traces; `before_complete(result)` (the caller's pictures); then `complete.json`, written last:
     a folder without it holds no finished run."""
-    from .run_files import atomic_write, save_json, save_npz
-
     for s in range(result.viewmats.shape[0]):
         d = folder.seed_dir(s)
         pick = lambda h, s=s: jax.tree.map(lambda x: x[s], h)  # noqa: E731

@@ -13,14 +13,24 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jaxtyping import Array, Float
 
 from ..body import hand_vertex_ids
 from .config import RefineConfig
-from .losses import REFINE_TERMS, hand_object_contact_loss, weighted_sum
-from .schedules import scan_minimize
+from .gated_optim import scan_minimize
+from .losses import REFINE_TERMS, Objective, hand_object_contact_loss
 from .state import HumanPose
 
 NUM_BODY_JOINTS_WITH_ROOT = 22  # pelvis + 21 body joints: the joints the body pose drives
+
+
+class Refined(NamedTuple):
+    """What refining one sequence gives."""
+
+    human: HumanPose  # (T, ...) refined poses
+    latents: Float[Array, "T latent"]
+    losses: Float[Array, " iterations"]
+    terms: dict[str, Float[Array, " iterations"]]  # each weighted term's value per iteration
 
 
 class RefineContext(NamedTuple):
@@ -82,13 +92,15 @@ def initial_latents(vposer, body_poses, how: str):
 
 
 def refine_sequence(hands_model, vposer, human: HumanPose, object_points, cfg: RefineConfig, dynamic,
-                    terms=REFINE_TERMS, betas=None, pair_scale: float = 1.0):
+                    objective: Objective | None = None, betas=None, pair_scale: float = 1.0) -> Refined:
     """Refine one sequence. `hands_model` is `body.vertex_subset(hand_vertices(body))`: the skeleton
     and the hand vertices, all the refinement reads of the body; `human` holds (T, ...) stage-2
     poses; `object_points` (T, P, 3) object centres per frame or None; `dynamic` whether the
     object moves (eq. S4's smoothness weight); `betas` the subject's
-    shape (the avatar's), with which every pose is posed; `pair_scale` from `contact_pair_scale`.
-    Returns (refined HumanPose, latents, loss per iteration, each term per iteration)."""
+    shape (the avatar's), with which every pose is posed; `pair_scale` from `contact_pair_scale`;
+    `objective` defaults to `REFINE_TERMS` with the config's weights."""
+    if objective is None:
+        objective = Objective.of(REFINE_TERMS, cfg.loss_weights)
     reference = reference_joints(hands_model, human, betas)
     latents0 = initial_latents(vposer, human.body_pose, cfg.latent_init)
     smooth_weight = jnp.where(dynamic, cfg.smooth_weight_dynamic, cfg.smooth_weight_static)
@@ -110,9 +122,10 @@ def refine_sequence(hands_model, vposer, human: HumanPose, object_points, cfg: R
                             cfg.contact_weight, smooth_weight,
                             HumanPose(params["transl"], params["global_orient"], body_pose), params["latents"],
                             cfg.fit_distance)
-        return weighted_sum(terms, cfg.loss_weights, ctx)
+        return objective(ctx)
 
     params = {"latents": latents0, "transl": human.transl, "global_orient": human.global_orient}
-    params, losses, values = scan_minimize(loss_fn, params, opt, cfg.iterations)
+    fit = scan_minimize(loss_fn, params, opt, cfg.iterations)
+    params = fit.params
     refined = HumanPose(params["transl"], params["global_orient"], decode(params["latents"]))
-    return refined, params["latents"], losses, values
+    return Refined(refined, params["latents"], fit.losses, fit.aux)

@@ -8,9 +8,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..files import save_figure
 from ..io import overlay, side_by_side, to_uint8, write_video
 from .hsi_fit import render_frame
-from .run_files import save_figure
 from .state import HumanPose, ObjectPose, SceneInputs
 
 

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from ..geometry import axis_angle_to_matrix
+from ..geometry import axis_angle_to_matrix, rigid
 from ..splat import Camera, Gaussians
 
 HUMAN_GROUP, OBJECT_GROUP, SCENE_GROUP = 0, 1, 2
@@ -32,9 +32,7 @@ class ObjectPose(eqx.Module):
     translation: Float[Array, "*b 3"]
 
     def matrix(self) -> Float[Array, "*b 4 4"]:
-        top = jnp.concatenate([self.rotation, self.translation[..., None]], -1)
-        bottom = jnp.broadcast_to(jnp.array([0.0, 0.0, 0.0, 1.0], top.dtype), top.shape[:-2] + (1, 4))
-        return jnp.concatenate([top, bottom], -2)
+        return rigid(self.rotation, self.translation)
 
     def compose_relative(self, delta: Float[Array, "6"]) -> ObjectPose:
         """P_t = P o P_{t-1}: rotate about the object's own centre by exp(delta[:3]), then move
@@ -44,8 +42,7 @@ class ObjectPose(eqx.Module):
 
 def relative_transform(delta: Float[Array, "6"]) -> Float[Array, "4 4"]:
     """A rigid 4x4 from (axis-angle, translation)."""
-    top = jnp.concatenate([axis_angle_to_matrix(delta[:3]), delta[3:, None]], -1)
-    return jnp.concatenate([top, jnp.array([[0.0, 0.0, 0.0, 1.0]], top.dtype)], 0)
+    return rigid(axis_angle_to_matrix(delta[:3]), delta[3:])
 
 
 class SceneInputs(eqx.Module):

@@ -22,6 +22,7 @@ from jaxtyping import Bool, UInt8
 from tqdm.auto import tqdm
 
 from ..errors import UserError
+from ..files import atomic_write
 from ..io.video import read_video, write_frames_folder
 from .prompts import Prompt
 
@@ -217,15 +218,12 @@ def save_masks(
         points, labels = prompts[name]
         arrays[f"points_{i}"] = np.asarray(points, np.float32)
         arrays[f"labels_{i}"] = np.asarray(labels, np.int32)
-    tmp = cache_path.with_name(f".{cache_path.name}.partial-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
+
+    def write(tmp: str):
+        with open(tmp, "wb") as f:  # a file object: numpy would append '.npz' to a name
             np.savez_compressed(f, **arrays)
-        os.replace(tmp, cache_path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return cache_path
+
+    return atomic_write(cache_path, write)
 
 
 # ------------------------------------------------------------------------------------ running

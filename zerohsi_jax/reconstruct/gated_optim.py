@@ -1,6 +1,8 @@
-"""Optax building blocks of the stages: transformations that apply an inner optimiser only on
-some steps (the HSI fit's root-only warm-up and every-5th-step colour fine-tuning), and the
-scanned optimisation loop every stage runs."""
+"""Gated Optax transformations and the scanned optimisation loop every stage runs.
+
+A gate applies an inner optimiser only on some steps (the HSI fit's root-only warm-up and
+every-5th-step colour fine-tuning); `scan_minimize` is the one `lax.scan` over a stage's
+iterations."""
 
 from __future__ import annotations
 
@@ -69,12 +71,19 @@ def restart_gates(opt_state):
     return jax.tree.map(reset, opt_state, is_leaf=lambda x: isinstance(x, GatedState))
 
 
+class Minimized(NamedTuple):
+    """What `scan_minimize` gives."""
+
+    params: optax.Params
+    losses: jax.Array  # (iterations,): the loss of the parameters before each step
+    aux: object  # the loss function's aux, stacked over the iterations
+    opt_state: optax.OptState  # after the last step
+
+
 def scan_minimize(loss_fn: Callable, params, optimizer: optax.GradientTransformation, iterations: int, *,
-                  opt_state=None, return_state: bool = False):
+                  opt_state=None) -> Minimized:
     """`iterations` steps of `optimizer` on `loss_fn(params) -> (loss, aux)`, as one `lax.scan`
-    with the Optax state in the carry, starting from `opt_state` (default: a fresh one). Returns
-    (params, loss per iteration, aux per iteration), and the final Optax state with
-    `return_state`; the losses are those of the parameters before each step."""
+    with the Optax state in the carry, starting from `opt_state` (default: a fresh one)."""
 
     def step(carry, _):
         p, state = carry
@@ -84,6 +93,4 @@ def scan_minimize(loss_fn: Callable, params, optimizer: optax.GradientTransforma
 
     state0 = optimizer.init(params) if opt_state is None else opt_state
     (params, state), (losses, aux) = jax.lax.scan(step, (params, state0), None, length=iterations)
-    if return_state:
-        return params, losses, aux, state
-    return params, losses, aux
+    return Minimized(params, losses, aux, state)
