@@ -7,8 +7,9 @@ Environment flags:
   test (a peer comparison, a converter) is a failure.
 - ZEROHSI_REQUIRE_GPU=1 (for the GPU suite): a skip of a `cuda`-marked test is a failure.
 - ZEROHSI_TEST_XLA_CACHE: a folder for XLA's compiled programs that outlives the session (default: a
-  fresh one per session, so that a program compiled again, after the memory-map release between
-  modules or in another module, loads instead of compiling).
+  fresh one per session, shared by the session's pytest-xdist workers, so that a program compiled
+  again, after the memory-map release between modules, in another module or in the other worker,
+  loads instead of compiling).
 """
 
 import os
@@ -91,7 +92,20 @@ import jax  # noqa: E402
 
 from zerohsi_jax.cache import enable_compilation_cache  # noqa: E402
 
-_XLA_CACHE = os.environ.get("ZEROHSI_TEST_XLA_CACHE") or tempfile.mkdtemp(prefix="zerohsi-xla-")
+
+
+def _session_xla_cache() -> str:
+    """A folder for the session's compiled programs. Under pytest-xdist every worker of one run uses
+    the same folder (named by the run's id), so a program one worker compiled loads in the other."""
+    run_id = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+    if not run_id:
+        return tempfile.mkdtemp(prefix="zerohsi-xla-")
+    folder = Path(tempfile.gettempdir()) / f"zerohsi-xla-{run_id}"
+    folder.mkdir(exist_ok=True)
+    return str(folder)
+
+
+_XLA_CACHE = os.environ.get("ZEROHSI_TEST_XLA_CACHE") or _session_xla_cache()
 enable_compilation_cache(_XLA_CACHE, min_compile_seconds=0.5)
 
 
