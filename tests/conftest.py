@@ -93,7 +93,6 @@ import jax  # noqa: E402
 from zerohsi_jax.cache import enable_compilation_cache  # noqa: E402
 
 
-
 def _session_xla_cache() -> str:
     """A folder for the session's compiled programs. Under pytest-xdist every worker of one run uses
     the same folder (named by the run's id), so a program one worker compiled loads in the other."""

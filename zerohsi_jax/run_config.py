@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import fnmatch
-import math
 import types
 import typing
 from collections.abc import Mapping
@@ -20,7 +18,8 @@ from pathlib import Path
 
 import yaml
 
-from .errors import MissingFileError, UserError
+from .config_values import ConfigError, in_range, range_problems
+from .errors import MissingFileError
 from .reconstruct.config import ReconstructConfig
 from .reconstruct.losses import CAMERA_TERMS, HSI_TERMS, REFINE_TERMS
 
@@ -131,10 +130,6 @@ def with_absolute_paths(cfg: RunConfig) -> RunConfig:
     )
 
 
-class ConfigError(UserError, ValueError):
-    """A config file with a wrong key or value; the message names the file and the key."""
-
-
 # ------------------------------------------------------------------------------- loading
 
 
@@ -178,11 +173,11 @@ def _check_value(value, annotation, where: str):
                 pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
-        return _in_range(where, float(value))
+        return in_range(where, float(value))
     if annotation is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{where}: expected an integer, got {value!r}")
-        return _in_range(where, value)
+        return in_range(where, value)
     if annotation is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"{where}: expected true or false, got {value!r}")
@@ -228,72 +223,10 @@ def load_run_config(path) -> RunConfig:
     return dataclasses.replace(cfg, base_dir=str(path.parent.resolve()))
 
 
-# ------------------------------------------------------------------------------ ranges
-
-_POSITIVE, _NON_NEGATIVE, _UNIT = (lambda v: v > 0, "more than 0"), (lambda v: v >= 0, "0 or more"), \
-    (lambda v: 0 <= v <= 1, "in [0, 1]")
-_RANGES = [  # (key pattern, test, what the value must be): the first pattern that matches applies
-    ("*learning_rate", *_POSITIVE),
-    ("*iterations", *_NON_NEGATIVE),
-    ("reconstruct.hsi.ssim_weight", *_UNIT),
-    ("reconstruct.background[[]*]", *_UNIT),
-    ("*loss_weights.*", *_NON_NEGATIVE),
-    ("*_weight*", *_NON_NEGATIVE),
-    ("reconstruct.hsi.color_every", *_NON_NEGATIVE),
-    ("reconstruct.parallel_warmup_frames", *_NON_NEGATIVE),
-    ("reconstruct.refine.dynamic_threshold", *_NON_NEGATIVE),
-    ("reconstruct.refine.*", *_POSITIVE),  # contact_epsilon, contact_chunk, max_contact_points, ...
-    ("reconstruct.tile_capacity", *_POSITIVE),
-    ("video.stride", *_POSITIVE),
-    ("video.max_frames", *_POSITIVE),
-    ("segment.num_points", *_POSITIVE),
-    ("segment.num_negative", *_NON_NEGATIVE),
-    ("init_frame.*", *_POSITIVE),
-    ("render_size[[]*]", *_POSITIVE),
-    ("human.avatar_gaussians", *_POSITIVE),
-]
-
-
-def _range_problem(key: str, value) -> str | None:
-    """'key: what it must be' when a number is NaN, infinite or out of its key's range, else None."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    if not math.isfinite(value):
-        return f"{key}: must be a finite number, got {value}"
-    rule = next(((test, what) for pattern, test, what in _RANGES if fnmatch.fnmatchcase(key, pattern)), None)
-    if rule is not None and not rule[0](value):
-        return f"{key}: must be {rule[1]}, got {value}"
-    return None
-
-
-def _in_range(key: str, value):
-    """`value`, checked as it is read (before a section's own checks, which would misname the cause)."""
-    problem = _range_problem(key, value)
-    if problem:
-        raise ConfigError(problem)
-    return value
-
-
-def _leaves(obj, where: str):
-    """(dotted key, value) of every plain value of a config."""
-    if dataclasses.is_dataclass(obj):
-        for f in dataclasses.fields(obj):
-            if f.metadata.get("help", "") is not None:
-                yield from _leaves(getattr(obj, f.name), f"{where}.{f.name}" if where else f.name)
-    elif isinstance(obj, Mapping):
-        for k, v in obj.items():
-            yield from _leaves(v, f"{where}.{k}")
-    elif isinstance(obj, (tuple, list)):
-        for i, v in enumerate(obj):
-            yield from _leaves(v, f"{where}[{i}]")
-    else:
-        yield where, obj
-
-
 def value_problems(cfg, prefix: str = "") -> list[str]:
     """What is out of range in a config (a `RunConfig`, or any section with `prefix` its key),
     one 'key: what it must be' per problem."""
-    problems = [problem for key, value in _leaves(cfg, prefix) if (problem := _range_problem(key, value))]
+    problems = range_problems(cfg, prefix)
     if isinstance(cfg, RunConfig):
         for key, allowed in _CHOICES.items():
             value = cfg

@@ -24,6 +24,7 @@ from jaxtyping import Array, Float
 from tqdm import tqdm
 
 from ..body import betas_for
+from ..config_values import ConfigError, check_values
 from ..errors import InputError, UserError
 from ..files import atomic_write, save_json, save_npz
 from ..splat import Camera, RasterConfig, RasterOverflowError, fit_capacity, grown_capacity
@@ -177,9 +178,6 @@ def _check_observations(obs: Observations, camera: Camera):
 def _check_config(cfg: ReconstructConfig, terms: Mapping[str, Mapping]):
     """The config's numbers in range and its loss weights naming terms of the tables, before
     anything is compiled (an unknown term would otherwise fail only inside the first program)."""
-    # Here, not at the top: run_config imports reconstruct.config, and so this package.
-    from ..run_config import ConfigError, check_values
-
     check_values(cfg, "reconstruct")
     for stage, table in terms.items():
         unknown = sorted(set(getattr(cfg, stage).loss_weights) - set(table))
