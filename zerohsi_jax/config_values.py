@@ -28,6 +28,7 @@ _RANGES = [  # (key pattern, test, what the value must be): the first pattern th
     ("*loss_weights.*", *_NON_NEGATIVE),
     ("*_weight*", *_NON_NEGATIVE),
     ("reconstruct.hsi.color_every", *_NON_NEGATIVE),
+    ("reconstruct.hsi.network_every", *_NON_NEGATIVE),
     ("reconstruct.parallel_warmup_frames", *_NON_NEGATIVE),
     ("reconstruct.refine.dynamic_threshold", *_NON_NEGATIVE),
     ("reconstruct.refine.*", *_POSITIVE),  # contact_epsilon, contact_chunk, max_contact_points, ...

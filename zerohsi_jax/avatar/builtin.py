@@ -20,13 +20,14 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from ..geometry import axis_angle_to_matrix, matrix_to_quaternion
 from .layers import ViewDirNet
-from .model import AnimatableAvatar, make_template
+from .model import POSITION_SCALE, AnimatableAvatar, make_template
 from .skinning import CANONICAL_BODY_POSE, full_pose, joint_transforms
 from .styleunet import DualStyleUNet, StyleUNetConfig
 
@@ -285,6 +286,26 @@ def small_networks(map_size: int, style_dim: int, channel_max: int, viewdir_hidd
     }
     viewdir = ViewDirNet.random(nets["color_net"].config.view_feature_channels, viewdir_hidden, rng)
     return nets, viewdir
+
+
+def with_pose_dependence(avatar: AnimatableAvatar, strength: float, seed: int = 0) -> AnimatableAvatar:
+    """`avatar` with random pose-dependent network outputs of standard deviation `strength` (over
+    the Gaussians, at the rest pose), in place of the built-in avatar's zero outputs: a stand-in for
+    a trained avatar's pose-dependent wrinkles and shading, whose outputs change with the pose.
+    Position offsets are 0.05 x the position net's output, so `strength` 0.2 moves Gaussians ~1 cm."""
+    rng = np.random.default_rng(seed)
+    zeros = (jnp.zeros(3), jnp.zeros(63), jnp.zeros(3), jnp.asarray([0.0, 0.0, 3.0]))
+    for name in ("position_net", "other_net", "color_net"):
+        net = getattr(avatar, name)
+        live = DualStyleUNet.random(net.config, rng)
+        avatar = eqx.tree_at(lambda a, name=name: getattr(a, name), avatar, live.scaled_output(1.0))
+        maps = avatar.network_maps(*zeros)
+        raw = {"position_net": maps.offsets / POSITION_SCALE, "other_net": maps.others,
+               "color_net": maps.colors - avatar.template.base_colors}[name]
+        spread = float(jnp.std(raw))
+        avatar = eqx.tree_at(lambda a, name=name: getattr(a, name), avatar,
+                             live.scaled_output(strength / max(spread, 1e-12)))
+    return avatar
 
 
 def builtin_avatar(

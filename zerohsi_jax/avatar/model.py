@@ -20,6 +20,8 @@ Forward pass (one pose, one camera; vmap for batches), following the official Av
 
 from __future__ import annotations
 
+import functools
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -158,6 +160,44 @@ class AvatarAux(eqx.Module):
     """The network input (posed front position map at half resolution)."""
 
 
+NETWORKS = ("position", "other", "color")
+"""The pose-driven networks, by the `AvatarMaps` field each fills: offsets, others, colors."""
+
+
+class AvatarMaps(eqx.Module):
+    """What the pose-driven networks give each Gaussian (steps 2-4 of the forward): everything of
+    the avatar that depends on the pose through a network rather than through skinning."""
+
+    offsets: Float[Array, "N 3"] | None
+    """Canonical position offsets (0.05 x position net)."""
+    others: Float[Array, "N 8"] | None
+    """Opacity, log-scale (3) and quaternion (4) deltas of the other net."""
+    colors: Float[Array, "N 3"] | None
+    """RGB colours (colour net + base colours)."""
+
+    def replace(self, other: AvatarMaps) -> AvatarMaps:
+        """These maps with every field `other` has (not None) taken from it."""
+        pick = lambda mine, theirs: mine if theirs is None else theirs  # noqa: E731
+        return AvatarMaps(pick(self.offsets, other.offsets), pick(self.others, other.others),
+                          pick(self.colors, other.colors))
+
+
+PRECISIONS = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def _run_network(net, *inputs, dtype: str = "float32"):
+    """`net(*inputs)`, in `dtype` (weights and activations), its outputs in float32. A network's
+    float32 weights are cast inside the call, so gradients reach them in float32."""
+    if dtype == "float32":
+        return net(*inputs)
+    if dtype not in PRECISIONS:
+        raise ValueError(f"network dtype must be one of {sorted(PRECISIONS)}, got {dtype!r}")
+    low = PRECISIONS[dtype]
+    cast = lambda x: x.astype(low) if eqx.is_inexact_array(x) else x  # noqa: E731
+    outputs = jax.tree.map(cast, net)(*jax.tree.map(cast, inputs))
+    return jax.tree.map(lambda y: y.astype(jnp.float32), outputs)
+
+
 class AnimatableAvatar(eqx.Module):
     """Animatable Gaussians avatar: body pose + camera position -> world-space `Gaussians`.
 
@@ -239,6 +279,85 @@ class AnimatableAvatar(eqx.Module):
         return maps.reshape(-1, maps.shape[-1])[self.template.gaussian_pixels]
 
     # ------------------------------------------------------------------ the map of equation 6
+    def network_maps(
+        self,
+        global_orient: Float[Array, "3"],
+        body_pose: Float[Array, "63"],
+        transl: Float[Array, "3"],
+        camera_position: Float[Array, "3"],
+        *,
+        jaw_pose: Float[Array, "3"] | None = None,
+        left_hand_pose: Float[Array, "45"] | None = None,
+        right_hand_pose: Float[Array, "45"] | None = None,
+        nets: tuple[str, ...] = NETWORKS,
+        dtype: str = "float32",
+    ) -> AvatarMaps:
+        """Steps 1-4: what the pose-driven networks give each Gaussian. `nets` picks the networks
+        evaluated (the others' fields come back None, for a caller that holds them from an earlier
+        pose); `dtype` 'bfloat16' runs them with bfloat16 weights and activations (float32 out)."""
+        t = self.template
+        _, _, cano2live, root_rot, root_trans = self.skeleton(
+            global_orient, body_pose, transl, jaw_pose=jaw_pose,
+            left_hand_pose=left_hand_pose, right_hand_pose=right_hand_pose,
+        )  # fmt: skip
+        if left_hand_pose is None and right_hand_pose is None:
+            pose_map = self.pose_map(cano2live)
+        else:
+            # The official pose maps are made without the hands (gen_pos_maps.py leaves them
+            # flat); the hands move the Gaussians and the view maps' normals only.
+            pose_map = self.pose_map(self.skeleton(global_orient, body_pose, transl, jaw_pose=jaw_pose)[2])
+        run = functools.partial(_run_network, dtype=dtype)
+        offsets = others = colors = None
+        if "position" in nets:
+            offsets = POSITION_SCALE * self.gather(*run(self.position_net, pose_map))
+        if "other" in nets:
+            others = self.gather(*run(self.other_net, pose_map))
+        if "color" in nets:
+            if self.viewdir_net is not None:
+                view_front, view_back = self.view_maps(cano2live, root_rot, root_trans, camera_position)
+                feat_front = self.weight_viewdirs * self.viewdir_net(view_front)
+                feat_back = self.weight_viewdirs * self.viewdir_net(view_back)
+            else:
+                feat_front = feat_back = None
+            colors = self.gather(*run(self.color_net, pose_map, feat_front, feat_back))
+            if self.color_order == "bgr":
+                colors = colors[:, ::-1]
+            colors = colors + t.base_colors
+        return AvatarMaps(offsets, others, colors)
+
+    def pose_gaussians(
+        self,
+        maps: AvatarMaps,
+        global_orient: Float[Array, "3"],
+        body_pose: Float[Array, "63"],
+        transl: Float[Array, "3"],
+        *,
+        jaw_pose: Float[Array, "3"] | None = None,
+        left_hand_pose: Float[Array, "45"] | None = None,
+        right_hand_pose: Float[Array, "45"] | None = None,
+    ) -> Gaussians:
+        """Step 5: the canonical Gaussians with the networks' `maps`, skinned by the pose and moved
+        by the root transform. Only this runs between network refreshes in an amortised fit, so
+        the pose gradient then flows through the skinning alone."""
+        t = self.template
+        cano2live, root_rot, root_trans = self.skeleton(
+            global_orient, body_pose, transl, jaw_pose=jaw_pose,
+            left_hand_pose=left_hand_pose, right_hand_pose=right_hand_pose,
+        )[2:]  # fmt: skip
+        cano = t.cano_means + maps.offsets
+        quats = maps.others[:, 4:8] + t.base_quats
+        quats = quats / jnp.maximum(jnp.linalg.norm(quats, axis=-1, keepdims=True), 1e-12)
+        mats = blend_transforms(t.gaussian_weights, cano2live)
+        means = apply_blended(mats, cano) @ root_rot.T + root_trans
+        rotations = root_rot @ mats[:, :, :3] @ quaternion_to_matrix(quats)
+        return Gaussians(
+            means=means,
+            quats=matrix_to_quaternion(rotations),
+            log_scales=maps.others[:, 1:4] + t.base_log_scales,
+            opacity_logits=maps.others[:, 0] + t.base_opacity_logits,
+            sh=rgb_to_sh0(maps.colors)[:, None, :],
+        )
+
     def __call__(
         self,
         global_orient: Float[Array, "3"],
@@ -250,54 +369,18 @@ class AnimatableAvatar(eqx.Module):
         left_hand_pose: Float[Array, "45"] | None = None,
         right_hand_pose: Float[Array, "45"] | None = None,
         return_aux: bool = False,
+        dtype: str = "float32",
     ) -> Gaussians | tuple[Gaussians, AvatarAux]:
-        t = self.template
-        joints, world_a, cano2live, root_rot, root_trans = self.skeleton(
-            global_orient, body_pose, transl, jaw_pose=jaw_pose,
-            left_hand_pose=left_hand_pose, right_hand_pose=right_hand_pose,
-        )  # fmt: skip
-        if left_hand_pose is None and right_hand_pose is None:
-            pose_map = self.pose_map(cano2live)
-        else:
-            # The official pose maps are made without the hands (gen_pos_maps.py leaves them
-            # flat); the hands only move the Gaussians.
-            pose_map = self.pose_map(self.skeleton(global_orient, body_pose, transl, jaw_pose=jaw_pose)[2])
-
-        pos_front, pos_back = self.position_net(pose_map)
-        other_front, other_back = self.other_net(pose_map)
-        if self.viewdir_net is not None:
-            view_front, view_back = self.view_maps(cano2live, root_rot, root_trans, camera_position)
-            feat_front = self.weight_viewdirs * self.viewdir_net(view_front)
-            feat_back = self.weight_viewdirs * self.viewdir_net(view_back)
-        else:
-            feat_front = feat_back = None
-        col_front, col_back = self.color_net(pose_map, feat_front, feat_back)
-
-        offsets = POSITION_SCALE * self.gather(pos_front, pos_back)
-        others = self.gather(other_front, other_back)
-        colors = self.gather(col_front, col_back)
-        if self.color_order == "bgr":
-            colors = colors[:, ::-1]
-        colors = colors + t.base_colors
-
-        cano = t.cano_means + offsets
-        quats = others[:, 4:8] + t.base_quats
-        quats = quats / jnp.maximum(jnp.linalg.norm(quats, axis=-1, keepdims=True), 1e-12)
-        mats = blend_transforms(t.gaussian_weights, cano2live)
-        means = apply_blended(mats, cano) @ root_rot.T + root_trans
-        rotations = root_rot @ mats[:, :, :3] @ quaternion_to_matrix(quats)
-
-        gaussians = Gaussians(
-            means=means,
-            quats=matrix_to_quaternion(rotations),
-            log_scales=others[:, 1:4] + t.base_log_scales,
-            opacity_logits=others[:, 0] + t.base_opacity_logits,
-            sh=rgb_to_sh0(colors)[:, None, :],
-        )
+        hands = {"left_hand_pose": left_hand_pose, "right_hand_pose": right_hand_pose}
+        maps = self.network_maps(global_orient, body_pose, transl, camera_position, jaw_pose=jaw_pose, dtype=dtype,
+                                 **hands)
+        gaussians = self.pose_gaussians(maps, global_orient, body_pose, transl, jaw_pose=jaw_pose, **hands)
         if not return_aux:
             return gaussians
+        joints, world_a = self.skeleton(global_orient, body_pose, transl, jaw_pose=jaw_pose, **hands)[:2]
+        hands_flat = self.skeleton(global_orient, body_pose, transl, jaw_pose=jaw_pose)[2]
         return gaussians, AvatarAux(
-            joints=joints, joint_transforms=world_a, offsets=offsets, pose_map=pose_map
+            joints=joints, joint_transforms=world_a, offsets=maps.offsets, pose_map=self.pose_map(hands_flat)
         )
 
     # ------------------------------------------------------------------ parameter groups

@@ -256,6 +256,20 @@ class DualStyleUNet(eqx.Module):
         state.update(skeleton.constant_keys())
         return load_state_dict(skeleton, state)
 
+    def scaled_output(self, factor: float) -> DualStyleUNet:
+        """The same network with every ToRGB layer's weights times `factor` and its biases zeroed:
+        outputs `factor` times the random network's pose-dependent part (0: `zero_output`)."""
+
+        def scale(to_rgbs):
+            return [
+                eqx.tree_at(lambda t: (t.conv.weight, t.bias), t, (factor * t.conv.weight, jnp.zeros_like(t.bias)))
+                for t in to_rgbs
+            ]
+
+        return eqx.tree_at(
+            lambda n: (n.to_rgbs1, n.to_rgbs2), self, (scale(self.to_rgbs1), scale(self.to_rgbs2))
+        )
+
     def zero_output(self) -> DualStyleUNet:
         """The same network with every ToRGB layer zeroed, so that it outputs exactly zero
         (and its ToRGB weights still get gradients): a network that starts at 'no change'."""

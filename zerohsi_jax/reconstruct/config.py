@@ -90,6 +90,17 @@ class HSIFitConfig(_ImmutableWeights):
                             "restart); the paper does not say", default="restart")
     l2_kind: str = _help("the 'L2' of eqs. 11 and 13: 'squared' (squared Euclidean distance) or 'euclidean' "
                          "(the distance); the paper does not say", default="squared")
+    network_every: int = _help(
+        "evaluate the avatar's pose-driven networks (position, other, colour) every k-th iteration: 1 every "
+        "iteration (the paper), k > 1 every k-th, 0 once per frame; between evaluations their outputs are held "
+        "and only skinning and the root transform run (the pose gradient flows through the skinning), while the "
+        "colour net is still evaluated on its fine-tuning steps (color_every)", default=1)
+    network_dtype: str = _help("precision of the avatar's networks: 'float32' (the paper) or 'bfloat16' (weights "
+                               "and activations; outputs in float32)", default="float32")
+    bind_scene: bool = _help(
+        "project, colour and bin the static scene once per frame and merge the moving Gaussians into its tile "
+        "lists every iteration (the camera is fixed during the HSI fit; equals the full render up to float "
+        "round-off); False renders everything every iteration", default=False)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,6 +158,7 @@ class ReconstructConfig:
             "camera.pivot": (self.camera.pivot, ("world", "camera")),
             "hsi.l2_kind": (self.hsi.l2_kind, ("squared", "euclidean")),
             "hsi.adam_state": (self.hsi.adam_state, ("restart", "carry")),
+            "hsi.network_dtype": (self.hsi.network_dtype, ("float32", "bfloat16")),
             "refine.fit_distance": (self.refine.fit_distance, ("squared", "euclidean")),
             "refine.latent_init": (self.refine.latent_init, ("encoder_mean", "zeros")),
         }

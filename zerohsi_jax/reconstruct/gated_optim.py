@@ -81,16 +81,25 @@ class Minimized(NamedTuple):
 
 
 def scan_minimize(loss_fn: Callable, params, optimizer: optax.GradientTransformation, iterations: int, *,
-                  opt_state=None) -> Minimized:
+                  opt_state=None, held=None) -> Minimized:
     """`iterations` steps of `optimizer` on `loss_fn(params) -> (loss, aux)`, as one `lax.scan`
-    with the Optax state in the carry, starting from `opt_state` (default: a fresh one)."""
+    with the Optax state in the carry, starting from `opt_state` (default: a fresh one).
 
-    def step(carry, _):
-        p, state = carry
-        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(p)
+    With `held` (a pytree the loss carries from step to step without differentiating it, such as
+    network outputs evaluated on some steps only), the loss is `loss_fn(params, held, step) ->
+    (loss, (aux, held))`; `step` counts from 0 and is the same in every vmapped batch member, so
+    a `lax.switch` on it stays a branch under vmap rather than becoming a select of all branches."""
+
+    def step(carry, index):
+        p, state, h = carry
+        if held is None:
+            (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(p)
+        else:
+            (loss, (aux, h)), grads = jax.value_and_grad(loss_fn, has_aux=True)(p, h, index)
+            h = jax.lax.stop_gradient(h)
         updates, state = optimizer.update(grads, state, p)
-        return (optax.apply_updates(p, updates), state), (loss, aux)
+        return (optax.apply_updates(p, updates), state, h), (loss, aux)
 
     state0 = optimizer.init(params) if opt_state is None else opt_state
-    (params, state), (losses, aux) = jax.lax.scan(step, (params, state0), None, length=iterations)
+    (params, state, _), (losses, aux) = jax.lax.scan(step, (params, state0, held), jnp.arange(iterations))
     return Minimized(params, losses, aux, state)

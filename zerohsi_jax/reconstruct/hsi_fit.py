@@ -9,6 +9,7 @@ The loss is `HSI_TERMS` weighted by the config: L_rgb (eq. 10) + 1e-3 L_center (
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 import equinox as eqx
@@ -16,11 +17,24 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxtyping import Array, Int
+
+from ..avatar.model import NETWORKS, AvatarMaps
 from ..splat import Camera, Gaussians, RasterConfig, RenderOutput, render
+from ..splat.bound_scene import bind_static, render_bound
 from .config import HSIFitConfig
 from .gated_optim import after, every, labelled_adam, restart_gates, scan_minimize
 from .losses import HSI_TERMS, Objective
-from .state import NUM_GROUPS, OBJECT_GROUP, HumanPose, ObjectPose, RasterCounts, compose_gaussians
+from .state import (
+    NUM_GROUPS,
+    OBJECT_GROUP,
+    SCENE_GROUP,
+    HumanPose,
+    ObjectPose,
+    RasterCounts,
+    compose_gaussians,
+    moving_gaussians,
+)
 
 
 class HSIContext(NamedTuple):
@@ -63,6 +77,56 @@ def render_frame(avatar, human: HumanPose, obj: Gaussians | None, object_pose: O
     return render(g, camera, background, num_groups=NUM_GROUPS, config=raster)
 
 
+def scene_renderer(scene: Gaussians, camera: Camera, raster: RasterConfig, background, bind: bool,
+                   moving_pairs: int | None = None) -> tuple[Callable[[Gaussians], RenderOutput], Int[Array, ""]]:
+    """Eq. 9's renderer for a fixed camera, as a function of the moving Gaussians (avatar and
+    object, groups 0 and 1), and the scene's share of a render's tile-Gaussian pairs. With `bind`,
+    the static scene is projected, coloured and binned here, once, and each render merges the
+    moving Gaussians into its tile lists (`bind_static`, `render_bound`; equal to the full render
+    up to round-off), their pairs in a buffer of `moving_pairs` (default: the whole render's pair
+    capacity); without, the scene is rendered with them every time (and its share counted as 0)."""
+    scene = scene.with_group(SCENE_GROUP)
+    if not bind:
+        full = lambda moving: render(Gaussians.concatenate([moving, scene]), camera, background,  # noqa: E731
+                                     num_groups=NUM_GROUPS, config=raster)
+        return full, jnp.zeros((), jnp.int32)
+    bound = bind_static(scene, camera, raster)
+    moving_raster = raster.with_capacity(pair_capacity=moving_pairs) if moving_pairs else raster
+    merged = lambda moving: render_bound(bound, moving, camera, background, num_groups=NUM_GROUPS,  # noqa: E731
+                                         config=moving_raster)
+    return merged, bound.num_pairs
+
+
+# What an HSI iteration evaluates of the avatar's networks (`network_step_kind`).
+ALL_NETWORKS, COLOR_NET_ONLY, HELD_OUTPUTS = 0, 1, 2
+
+
+def network_step_kind(step: Int[Array, ""], cfg: HSIFitConfig) -> Int[Array, ""]:
+    """Which networks iteration `step` of a frame evaluates: all of them every `network_every`-th
+    step (0: the first step only), else the colour net alone on its fine-tuning steps (every
+    `color_every`-th, so that its gradient is the paper's), else none (outputs held)."""
+    every = cfg.network_every
+    refresh = step == 0 if every == 0 else step % every == 0
+    color = step % cfg.color_every == 0 if cfg.color_every > 0 else jnp.zeros((), bool)
+    return jnp.where(refresh, ALL_NETWORKS, jnp.where(color, COLOR_NET_ONLY, HELD_OUTPUTS))
+
+
+def amortised_avatar(avatar, human: HumanPose, camera_position, held: AvatarMaps, step, cfg: HSIFitConfig
+                     ) -> tuple[Gaussians, AvatarMaps]:
+    """The avatar's Gaussians with its networks evaluated as `network_step_kind` says and their
+    held outputs elsewhere (then only skinning and the root transform depend on the pose), and the
+    outputs to hold for the next step. The branch index is the same for every vmapped seed, so
+    only the chosen branch runs."""
+    pose = (human.global_orient, human.body_pose, human.transl)
+
+    def evaluate(nets):
+        return lambda: held.replace(avatar.network_maps(*pose, camera_position, nets=nets, dtype=cfg.network_dtype))
+
+    branches = [evaluate(NETWORKS), evaluate(("color",)), lambda: held]
+    maps = jax.lax.switch(network_step_kind(step, cfg), branches)
+    return avatar.pose_gaussians(maps, *pose), maps
+
+
 class FrameFit(NamedTuple):
     """What fitting one frame gives."""
 
@@ -73,6 +137,7 @@ class FrameFit(NamedTuple):
     losses: jax.Array  # (iterations,)
     terms: dict  # name -> (iterations,)
     raster_counts: RasterCounts  # pairs dropped, and what the largest render needed
+    moving_pairs: jax.Array  # the most tile-Gaussian pairs of the avatar and object in one render
 
 
 def frame_parameters(human: HumanPose, color, dtype=jnp.float32) -> dict:
@@ -88,29 +153,46 @@ def frame_parameters(human: HumanPose, color, dtype=jnp.float32) -> dict:
 def fit_frame(avatar_rest, color, human_init: HumanPose, object_prev: ObjectPose, obj: Gaussians | None,
               scene: Gaussians, camera: Camera, frame, human_mask, object_mask, object_depth0,
               cfg: HSIFitConfig, raster: RasterConfig, background, objective: Objective | None = None,
-              opt_state=None) -> FrameFit:
+              opt_state=None, moving_pairs: int | None = None) -> FrameFit:
     """Fit frame t, with a fresh Adam, or continuing `opt_state` (the previous frame's, when
     `cfg.adam_state` is 'carry'; its warm-up and colour schedules restart). `objective` defaults
-    to `HSI_TERMS` with the config's weights."""
+    to `HSI_TERMS` with the config's weights. The levers of the config (`network_every`,
+    `network_dtype`, `bind_scene`; `moving_pairs` sizes the bound render's buffer of moving pairs)
+    change how each iteration is computed, not what it optimises."""
     if objective is None:
         objective = Objective.of(HSI_TERMS, cfg.loss_weights)
     opt = hsi_optimizer(cfg, obj is not None)
     params = frame_parameters(human_init, color, frame.dtype)
     if opt_state is not None:
         opt_state = restart_gates(opt_state)
+    render_moving, scene_pairs = scene_renderer(scene, camera, raster, background, cfg.bind_scene, moving_pairs)
+    amortised = cfg.network_every != 1
 
-    def loss_fn(p):
+    def loss_fn(p, held=None, step=None):
         avatar = eqx.combine(p["color"], avatar_rest)
         human = HumanPose(p["root"]["transl"], p["root"]["global_orient"], p["pose"])
         object_pose = object_prev.compose_relative(p["object"])
-        out = render_frame(avatar, human, obj, object_pose, scene, camera, raster, background)
+        if amortised:
+            human_g, held = amortised_avatar(avatar, human, camera.position, held, step, cfg)
+        else:
+            human_g = avatar(human.global_orient, human.body_pose, human.transl, camera.position,
+                             dtype=cfg.network_dtype)
+        out = render_moving(moving_gaussians(human_g, obj, object_pose))
         ctx = HSIContext(out, frame, human_mask, object_mask, out.group_masks[..., OBJECT_GROUP],
                          object_depth0, cfg.ssim_weight, human, object_pose, cfg.l2_kind)
         total, values = objective(ctx)
-        return total, (values, RasterCounts.of(out))
+        aux = (values, RasterCounts.of(out), out.num_pairs)
+        return (total, (aux, held)) if amortised else (total, aux)
 
-    fit = scan_minimize(loss_fn, params, opt, cfg.iterations, opt_state=opt_state)
-    params, (values, counts) = fit.params, fit.aux
+    held = None
+    if amortised:
+        avatar0 = eqx.combine(color, avatar_rest)
+        shapes = jax.eval_shape(lambda: avatar0.network_maps(human_init.global_orient, human_init.body_pose,
+                                                             human_init.transl, camera.position))
+        held = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), shapes)
+    fit = scan_minimize(loss_fn, params, opt, cfg.iterations, opt_state=opt_state, held=held)
+    params, (values, counts, pairs) = fit.params, fit.aux
     human = HumanPose(params["root"]["transl"], params["root"]["global_orient"], params["pose"])
+    # The render's pairs less the scene's: what the bound render's moving-pair buffer had to hold.
     return FrameFit(human, object_prev.compose_relative(params["object"]), params["color"], fit.opt_state,
-                    fit.losses, values, counts.largest())
+                    fit.losses, values, counts.largest(), jnp.max(pairs) - scene_pairs)

@@ -58,6 +58,7 @@ from .state import (
     RasterCounts,
     SceneInputs,
     compose_gaussians,
+    moving_gaussians,
     tree_stack,
 )
 
@@ -196,6 +197,20 @@ def measure_raster_config(inputs: SceneInputs, initial: InitialState, cfg: Recon
     g = compose_gaussians(inputs.avatar, initial.human, inputs.object, obj_pose, inputs.scene,
                           inputs.camera.position)
     return fit_capacity(g, inputs.camera, base, headroom=headroom)
+
+
+def measure_moving_pairs(inputs: SceneInputs, initial: InitialState, raster: RasterConfig,
+                         headroom: float = 2.0) -> int:
+    """The bound render's buffer of moving pairs (`HSIFitConfig.bind_scene`): the pairs of the
+    avatar and object on the initial frame, with room for the motion; grown like the other
+    capacities when a frame needs more."""
+    obj_pose = initial.object_pose or ObjectPose(jnp.eye(3), jnp.zeros(3))
+    human = initial.human
+    human_g = inputs.avatar(human.global_orient, human.body_pose, human.transl, inputs.camera.position)
+    moving = moving_gaussians(human_g, inputs.object, obj_pose)
+    fitted = fit_capacity(moving, inputs.camera, dataclasses.replace(raster, tile_capacity=None, pair_capacity=None),
+                          headroom=headroom)
+    return int(fitted.pair_capacity)
 
 
 # ---------------------------------------------------------------------- identity of a run
@@ -359,6 +374,8 @@ def reconstruct(
         if on_start is not None:
             on_start()
         run = _prepare_run(inputs, observations, cfg, terms, folder, progress, log or tqdm.write)
+        if cfg.hsi.bind_scene:
+            run.capacities["moving_pairs"] = measure_moving_pairs(inputs, initial, raster)
         fitted = start_or_resume(run, initial, raster, resume)
         fitted = _fit_frames_sequentially(run, fitted)
         if fitted.next_frame < run.n_frames:
@@ -402,6 +419,8 @@ class _Run:
     """The colour net (and Adam state) is checkpointed every this many frames."""
     progress: bool
     log: Callable[[str], None]
+    capacities: dict = dataclasses.field(default_factory=dict)
+    """Capacities grown during the run besides the rasterizer's: 'moving_pairs' with a bound scene."""
 
     @property
     def n_seeds(self) -> int:
@@ -425,7 +444,8 @@ class _Run:
         return CameraSettings(self.cfg.camera, self.render_settings(raster), self.objectives["camera"])
 
     def hsi_settings(self, raster: RasterConfig) -> HSISettings:
-        return HSISettings(self.cfg.hsi, self.render_settings(raster), self.objectives["hsi"], self.use_estimates)
+        return HSISettings(self.cfg.hsi, self.render_settings(raster), self.objectives["hsi"], self.use_estimates,
+                           self.capacities.get("moving_pairs"))
 
     def hsi_batch(self, states: FrameState, viewmats, frames: slice | int) -> HSIBatch:
         obs = self.obs
@@ -552,10 +572,19 @@ def fit_one_frame(run: _Run, prev: FrameState, t: int, raster: RasterConfig, *, 
 
 
 def _hsi_run(run: _Run, program, states: FrameState, viewmats, frames: slice | int):
-    """`program` (one frame, or frames in parallel) on `frames` as a function of the capacities."""
+    """`program` (one frame, or frames in parallel) on `frames` as a function of the capacities.
+    A bound scene's buffer of moving pairs that was too small is grown here (its overflow is
+    counted with the others, so `_until_it_fits` runs the frame again)."""
     def go(r):
         out = program(run.shared, run.hsi_batch(states, viewmats, frames), run.hsi_settings(r))
         jax.block_until_ready(out.state.viewmat)
+        held = run.capacities.get("moving_pairs")
+        need = int(np.max(np.asarray(out.moving_pairs)))
+        if held is not None and need > held:
+            grown = grown_capacity(RasterConfig(), (0, need)).pair_capacity
+            run.log(f"frames {frames}: the avatar and object made {need} tile-Gaussian pairs, more than the bound "
+                    f"render's buffer of {held}; redone with {grown}")
+            run.capacities["moving_pairs"] = grown
         return out
 
     return go

@@ -105,15 +105,19 @@ def posed_object(obj: Gaussians | None, pose: ObjectPose) -> Gaussians | None:
     return obj.transform(pose.rotation, pose.translation)
 
 
+def moving_gaussians(human_g: Gaussians, obj: Gaussians | None, object_pose: ObjectPose) -> Gaussians:
+    """G_H^t and G_O^t (posed) concatenated with group ids 0 and 1: what moves during a fit."""
+    parts = [human_g.with_group(HUMAN_GROUP)]
+    if obj is not None:
+        parts.append(posed_object(obj, object_pose).with_group(OBJECT_GROUP))
+    return Gaussians.concatenate(parts)
+
+
 def compose_gaussians(avatar, human: HumanPose, obj: Gaussians | None, object_pose: ObjectPose,
                       scene: Gaussians, camera_position) -> Gaussians:
     """G_H^t, G_O^t and G_S concatenated with group ids 0, 1, 2 (eq. 9's render input)."""
     human_g = avatar(human.global_orient, human.body_pose, human.transl, camera_position)
-    parts = [human_g.with_group(HUMAN_GROUP)]
-    if obj is not None:
-        parts.append(posed_object(obj, object_pose).with_group(OBJECT_GROUP))
-    parts.append(scene.with_group(SCENE_GROUP))
-    return Gaussians.concatenate(parts)
+    return Gaussians.concatenate([moving_gaussians(human_g, obj, object_pose), scene.with_group(SCENE_GROUP)])
 
 
 def tree_stack(trees):

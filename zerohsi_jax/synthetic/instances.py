@@ -65,12 +65,16 @@ def render_reference(inputs, truth, raster, background=(0.0, 0.0, 0.0)):
 
 def build_instance(num_frames: int, size: int, *, seed: int = 0, variations=(None,), dynamic: bool = True,
                    fov_y_deg: float = 55.0, avatar_gaussians: int = 4000, avatar_size: str = "small",
-                   room_spacing: float = 0.12, object_spacing: float = 0.035, betas=None) -> Instance:
+                   room_spacing: float = 0.12, object_spacing: float = 0.035, betas=None,
+                   avatar_pose_dependence: float = 0.0) -> Instance:
     """A generated instance: the scene, body, avatar and pose prior, and one ground truth per
     entry of `variations` (videos of the same initial state). Without `dynamic`, the box is part
     of the static scene. `betas`: the subject's shape (the avatar's and the truth's; None: zeros).
+    `avatar_pose_dependence` > 0 gives the avatar pose-dependent network outputs of that spread
+    (`avatar.builtin.with_pose_dependence`), as a trained avatar has; the built-in one has none.
     """
     from ..avatar import builtin_avatar
+    from ..avatar.builtin import with_pose_dependence
     from ..body import SMPLX
     from ..reconstruct import InitialState, ReconstructConfig, SceneInputs
     from ..reconstruct.pipeline import measure_raster_config
@@ -83,6 +87,8 @@ def build_instance(num_frames: int, size: int, *, seed: int = 0, variations=(Non
 
     body = SMPLX.load(synthetic_smplx_path(), num_betas=10, use_pca=False, flat_hand_mean=True)
     avatar = builtin_avatar(seed, size=avatar_size, num_gaussians=avatar_gaussians, betas=betas)
+    if avatar_pose_dependence > 0:
+        avatar = with_pose_dependence(avatar, avatar_pose_dependence, seed=seed)
     room = make_room(seed=seed, spacing=room_spacing)
     half = 0.1
     obj = make_object(seed=seed + 1, size=(0.28, 2 * half, 0.2), spacing=object_spacing)
