@@ -77,7 +77,7 @@ def timed(fn, *args, repeats: int):
     return first, statistics.median(times)
 
 
-def bench(avatar: AnimatableAvatar, repeats: int) -> dict:
+def bench(avatar: AnimatableAvatar, repeats: int, dtype: str = "float32") -> dict:
     rng = np.random.default_rng(0)
     go = jnp.asarray(rng.normal(0, 0.2, 3), jnp.float32)
     bp = jnp.asarray(rng.normal(0, 0.2, 63), jnp.float32)
@@ -86,7 +86,7 @@ def bench(avatar: AnimatableAvatar, repeats: int) -> dict:
 
     @eqx.filter_jit
     def fwd(a, go, bp, tr, cam):
-        return a(go, bp, tr, cam)
+        return a(go, bp, tr, cam, dtype=dtype)
 
     color, rest = eqx.partition(avatar, avatar.color_filter())
 
@@ -94,7 +94,7 @@ def bench(avatar: AnimatableAvatar, repeats: int) -> dict:
     def fwd_bwd(color, rest, pose):
         def loss(diff):
             c, (go, bp, tr) = diff
-            g = eqx.combine(c, rest)(go, bp, tr, cam)
+            g = eqx.combine(c, rest)(go, bp, tr, cam, dtype=dtype)
             return sum(jnp.mean(x**2) for x in (g.means, g.quats, g.log_scales, g.opacity_logits, g.sh))
 
         return eqx.filter_value_and_grad(loss)((color, pose))
@@ -118,6 +118,8 @@ def main(argv=None) -> None:
         "--which", nargs="+", default=["builtin", "official"], choices=["builtin", "official"]
     )
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--dtypes", nargs="+", default=["float32"], choices=["float32", "bfloat16"],
+                        help="network precisions timed (bfloat16: weights and activations, float32 out)")
     parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args(argv)
     rows = []
@@ -126,9 +128,10 @@ def main(argv=None) -> None:
         avatar = builtin_avatar(0) if which == "builtin" else official_avatar()
         build = time.perf_counter() - t0
         print(f"{which}: built in {build:.1f} s, {avatar.num_gaussians} Gaussians", flush=True)
-        r = bench(avatar, args.repeats)
-        print(which, r, flush=True)
-        rows.append((which, r))
+        for dtype in args.dtypes:
+            r = bench(avatar, args.repeats, dtype)
+            print(which, dtype, r, flush=True)
+            rows.append((f"{which} ({dtype})", r))
         del avatar
     lines = [
         "# Avatar benchmark",
@@ -143,7 +146,7 @@ def main(argv=None) -> None:
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for which, r in rows:
-        maps = "512 -> 1024" if which == "official" else "64 -> 128"
+        maps = "512 -> 1024" if which.startswith("official") else "64 -> 128"
         lines.append(
             f"| {which} | {maps} | {r['gaussians']:,} | {r['params']:,} | {r['forward_s'] * 1e3:.1f} ms | "
             f"{r['forward_backward_s'] * 1e3:.1f} ms | {r['first_forward_s']:.1f} s | "
