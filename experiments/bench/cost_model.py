@@ -46,6 +46,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import json
 import math
 import time
 from pathlib import Path
@@ -254,17 +255,28 @@ def composite_unit_costs(cfg: RasterConfig, channels: int = 5) -> tuple[Cost, Co
     return forward, Cost(max(backward.flops, forward.flops), max(backward.bytes, forward.bytes))
 
 
-def composite_evaluations(g: Gaussians, camera: Camera, cfg: RasterConfig, measure: bool) -> dict[str, float]:
+def composite_evaluations(g: Gaussians, camera: Camera, cfg: RasterConfig, measure: bool,
+                          moving: Gaussians | None = None) -> dict[str, float]:
     """(pixel, slot) evaluations of one render: every listed slot of every pixel, and with
-    per-tile early termination (a tile stops after the chunk where its last pixel turned opaque)."""
+    per-tile early termination (a tile stops after the chunk where its last pixel turned opaque);
+    with `moving`, also those of the tiles the moving Gaussians reach (all a bound render
+    composites: `bind_scene`)."""
+    from zerohsi_jax.splat.binning import tile_counts, tile_grid, tile_ranges
     from zerohsi_jax.splat.composite import _composite_forward
 
     proj = project(g, camera, cfg)
     bins = bin_gaussians(proj, camera.width, camera.height, cfg)
     pixels = cfg.tile_size**2
     listed = jnp.minimum(bins.counts, bins.ids.shape[1])
+    touched = jnp.ones_like(listed, dtype=bool)
+    if moving is not None:
+        ranges, n_tiles = tile_ranges(project(moving, camera, cfg), camera.width, camera.height, cfg)
+        touched = tile_counts(ranges, n_tiles, *tile_grid(camera.width, camera.height, cfg.tile_size)) > 0
     out = {"upper_bound": float(jnp.sum(listed)) * pixels, "pairs": float(bins.num_pairs),
-           "tiles": int(bins.counts.shape[0]), "max_tile_count": int(bins.max_tile_count)}
+           "tiles": int(bins.counts.shape[0]), "max_tile_count": int(bins.max_tile_count),
+           "touched_tiles": int(jnp.sum(touched)),
+           "touched_upper_bound": float(jnp.sum(jnp.where(touched, listed, 0))) * pixels,
+           "touched_pairs": float(jnp.sum(jnp.where(touched, listed, 0)))}
     if not measure:
         return out
     feats = jnp.concatenate([g.colors(camera.position), proj.depths[:, None], jnp.ones_like(proj.depths)[:, None]], 1)
@@ -275,7 +287,9 @@ def composite_evaluations(g: Gaussians, camera: Camera, cfg: RasterConfig, measu
     # `stop` per pixel (tiles, pixels): the slot after which it turned opaque, or the capacity.
     last = jnp.minimum(jnp.max(stop, axis=1) + 1, listed)
     chunks = jnp.ceil(last / cfg.chunk_size) * cfg.chunk_size
-    out["early_stop"] = float(jnp.sum(jnp.minimum(chunks, jnp.maximum(listed, 0)))) * pixels
+    work = jnp.minimum(chunks, jnp.maximum(listed, 0))
+    out["early_stop"] = float(jnp.sum(work)) * pixels
+    out["touched_early_stop"] = float(jnp.sum(jnp.where(touched, work, 0))) * pixels
     return out
 
 
@@ -317,13 +331,9 @@ def refinement_cost(frames: int, n_object: int) -> tuple[Cost, float]:
 # ------------------------------------------------------------------------------ the schedule
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--small", action="store_true", help="built-in avatar, 100k scene, 320x180: checks the script")
-    parser.add_argument("--no-measure", action="store_true", help="skip the one CPU render that measures early stop")
-    parser.add_argument("--skip-avatar", action="store_true", help="count the avatar's parts as zero (debugging)")
-    parser.add_argument("--out", default=None)
-    args = parser.parse_args(argv)
+def count(args) -> dict:
+    """Every part's work at the run's scale (compiles, does not run, except the one render that
+    measures early termination): a JSON-able record that `predict` turns into the tables."""
     began = time.perf_counter()
     if args.small:
         from zerohsi_jax.avatar import builtin_avatar
@@ -334,9 +344,6 @@ def main(argv=None) -> None:
 
         avatar, n_scene, n_object, scale = official_avatar(), 1_000_000, 50_000, 1.0
     print(f"avatar: {avatar.num_gaussians:,} Gaussians ({time.perf_counter() - began:.0f} s)", flush=True)
-    frames, hsi_iters, camera_iters, refine_iters, color_every = 51, 300, 30, 1000, 5
-    fitted = frames - 1
-
     scene, obj, human, camera = scene_at_scale(n_scene, n_object, avatar)
     if scale != 1.0:
         w, h = int(1280 * scale), int(720 * scale)
@@ -348,6 +355,11 @@ def main(argv=None) -> None:
     print(f"scene {scene.num:,}, object {obj.num:,}, avatar {human.num:,}; {camera.width}x{camera.height}; "
           f"tile capacity {cfg.tile_capacity}, pair capacity {cfg.pair_capacity}", flush=True)
 
+    if args.recount_evaluations:
+        record = json.loads(Path(args.counted).read_text())
+        record["evaluations"] = composite_evaluations(full, camera, cfg, measure=not args.no_measure, moving=moving)
+        record["evaluations_scene"] = composite_evaluations(scene, camera, cfg, measure=False)
+        return record
     parts = avatar_costs(avatar) if not args.skip_avatar else {
         k: Cost(0, 0) for k in ("networks_f32", "networks_bf16", "color_net_f32", "color_net_bf16", "skinning",
                                 "color_adam")}
@@ -355,15 +367,54 @@ def main(argv=None) -> None:
     parts.update(render_costs(scene.with_group(2), moving, camera, cfg))
     print(f"render parts counted ({time.perf_counter() - began:.0f} s)", flush=True)
     unit_f, unit_b = composite_unit_costs(cfg)
-    evals = composite_evaluations(full, camera, cfg, measure=not args.no_measure)
+    evals = composite_evaluations(full, camera, cfg, measure=not args.no_measure, moving=moving)
     evals_scene = composite_evaluations(scene, camera, cfg, measure=False)
     parts["loss"] = loss_cost(camera.width, camera.height)
-    refine, distances = refinement_cost(frames, n_object)
-    parts["refine_iteration"] = refine + Cost(9.0 * distances, 12.0 * distances * 0)  # points stay in cache
+    refine, distances = refinement_cost(FRAMES, n_object)
+    # The contact search: 9 flops per hand-vertex/centre distance; its points stay in cache.
+    parts["refine_iteration"] = refine + Cost(9.0 * distances, 0.0)
     print(f"all parts counted ({time.perf_counter() - began:.0f} s)", flush=True)
+    return {
+        "command": "python experiments/bench/cost_model.py" + (" --small" if args.small else ""),
+        "counted_on": machine(),
+        "date": datetime.date.today().isoformat(),
+        "seconds": round(time.perf_counter() - began),
+        "size": [camera.width, camera.height],
+        "gaussians": {"avatar": human.num, "scene": scene.num, "object": obj.num},
+        "tile_capacity": cfg.tile_capacity,
+        "parts": {k: [c.flops, c.bytes, c.unit] for k, c in parts.items()},
+        "composite_unit": {"forward": [unit_f.flops, unit_f.bytes], "backward": [unit_b.flops, unit_b.bytes]},
+        "evaluations": evals,
+        "evaluations_scene": evals_scene,
+    }
 
+
+FRAMES, HSI_ITERATIONS, CAMERA_ITERATIONS, REFINE_ITERATIONS = 51, 300, 30, 1000
+
+CONFIGURATIONS = [  # (name, network_every, network_dtype, bind_scene, color_every)
+    ("paper (every iteration, float32, full render)", 1, "float32", False, 5),
+    ("network_every 5", 5, "float32", False, 5),
+    ("network_every 25", 25, "float32", False, 5),
+    ("network_every 0 (once per frame)", 0, "float32", False, 5),
+    ("bfloat16 networks", 1, "bfloat16", False, 5),
+    ("bind_scene", 1, "float32", True, 5),
+    ("color_every 25 (colour net fine-tuned every 25th step)", 1, "float32", False, 25),
+    ("network_every 25 + bfloat16 + bind_scene", 25, "bfloat16", True, 5),
+    ("network_every 0 + bfloat16 + bind_scene", 0, "bfloat16", True, 5),
+    ("network_every 25 + color_every 25 + bfloat16 + bind_scene", 25, "bfloat16", True, 25),
+    ("network_every 0 + color_every 25 + bfloat16 + bind_scene", 0, "bfloat16", True, 25),
+]
+
+
+def predict(record: dict) -> str:
+    """The tables: work per part, and seconds per sequence for each configuration and device."""
+    parts = {k: Cost(f, b, u) for k, (f, b, u) in record["parts"].items()}
+    unit_f, unit_b = (Cost(*record["composite_unit"][k]) for k in ("forward", "backward"))
+    evals, evals_scene = record["evaluations"], record["evaluations_scene"]
+    width, height = record["size"]
+    fitted = FRAMES - 1
     which = "early_stop" if "early_stop" in evals else "upper_bound"
-    early_ratio = evals.get("early_stop", evals["upper_bound"]) / evals["upper_bound"]
+    early_ratio = evals[which] / evals["upper_bound"]
 
     def composite_cost(evaluations: float, pairs: float, pixels: int) -> Cost:
         """Flops: XLA's per evaluation. Bytes: as the compiled kernels move them (a tile's slots are
@@ -373,65 +424,64 @@ def main(argv=None) -> None:
         per_pixel = 4.0 * (5 + 1 + 1) * 3  # output, transmittance, stop index; written, read, cotangent
         return Cost((unit_f.flops + unit_b.flops) * evaluations, per_pair * pairs + per_pixel * pixels)
 
-    image_pixels = camera.width * camera.height
-    composite_hsi = composite_cost(evals[which], evals["pairs"], image_pixels)
-    composite_camera = composite_cost(evals_scene["upper_bound"] * early_ratio, evals_scene["pairs"], image_pixels)
-    parts["composite_hsi"] = composite_hsi
-    parts["composite_camera"] = composite_camera
+    parts["composite_hsi"] = composite_cost(evals[which], evals["pairs"], width * height)
+    touched = evals.get(f"touched_{which}", evals[which])
+    touched_pixels = evals.get("touched_tiles", evals["tiles"]) * 256
+    # A bound render composites the tiles the avatar and object reach; the others come from the
+    # scene's render made once per frame at the bind (forward only).
+    parts["composite_hsi_bound"] = composite_cost(touched, evals.get("touched_pairs", evals["pairs"]),
+                                                  touched_pixels)
+    parts["composite_camera"] = composite_cost(evals_scene["upper_bound"] * early_ratio, evals_scene["pairs"],
+                                               width * height)
 
-    def hsi_iteration(every: int, dtype: str, bind: bool) -> dict[str, float]:
-        """Seconds of the HSI fit per sequence on each device, and the per-iteration work."""
+    def hsi_seconds(every: int, dtype: str, bind: bool, color_every: int) -> dict[str, float]:
+        """Seconds of the HSI fit per sequence on each device, and the work per iteration. The
+        colour net's Adam runs on its fine-tuning steps only (its gate skips the others)."""
         nets = parts["networks_bf16" if dtype == "bfloat16" else "networks_f32"]
         color = parts["color_net_bf16" if dtype == "bfloat16" else "color_net_f32"]
-        steps = range(hsi_iters)
-        kinds = [0 if (s % every == 0 if every > 0 else s == 0) else (1 if s % color_every == 0 else 2) for s in steps]
-        per_frame = {d: 0.0 for d in DEVICES}
+        seconds = {d: 0.0 for d in DEVICES}
         work = Cost(0, 0)
-        for kind in kinds:
-            avatar_part = [nets + parts["skinning"], color + parts["skinning"], parts["skinning"]][kind]
-            render_part = [parts["prep_bound"] if bind else parts["prep_full"], composite_hsi, parts["loss"],
-                           parts["color_adam"]]
+        for step in range(HSI_ITERATIONS):
+            refresh = step % every == 0 if every > 0 else step == 0
+            color_step = step % color_every == 0
+            if every == 1:
+                avatar_part = nets + parts["skinning"]
+            else:
+                avatar_part = nets if refresh else (color if color_step else Cost(0, 0))
+                avatar_part = avatar_part + parts["skinning"]
+            render_parts = [parts["prep_bound"], parts["composite_hsi_bound"]] if bind else [
+                parts["prep_full"], parts["composite_hsi"]]
+            step_parts = [avatar_part, *render_parts, parts["loss"]] + ([parts["color_adam"]] if color_step else [])
             for d, dev in DEVICES.items():
-                per_frame[d] += avatar_part.seconds(dev) + sum(p.seconds(dev) for p in render_part)
-            work = work + Cost(avatar_part.flops + sum(p.flops for p in render_part),
-                               avatar_part.bytes + sum(p.bytes for p in render_part))
+                seconds[d] += sum(p.seconds(dev) for p in step_parts)
+            work = work + Cost(sum(p.flops for p in step_parts), sum(p.bytes for p in step_parts))
         if bind:
+            static_render = Cost(unit_f.flops * evals_scene["upper_bound"] * early_ratio, 40.0 * evals_scene["pairs"])
             for d, dev in DEVICES.items():
-                per_frame[d] += parts["bind"].seconds(dev)
-        return {d: per_frame[d] * fitted for d in DEVICES} | {"flops_per_iter": work.flops / hsi_iters,
-                                                               "bytes_per_iter": work.bytes / hsi_iters}
+                seconds[d] += parts["bind"].seconds(dev) + static_render.seconds(dev)
+        return {d: seconds[d] * fitted for d in DEVICES} | {"flops": work.flops / HSI_ITERATIONS,
+                                                             "bytes": work.bytes / HSI_ITERATIONS}
 
-    camera_stage = {d: fitted * camera_iters * (parts["prep_scene_camera"].seconds(dev) + composite_camera.seconds(dev)
-                                                + parts["loss"].seconds(dev)) for d, dev in DEVICES.items()}
-    refine_stage = {d: refine_iters * parts["refine_iteration"].seconds(dev) for d, dev in DEVICES.items()}
-
-    rows = [
-        ("paper (every iteration, float32, full render)", 1, "float32", False),
-        ("network_every 5", 5, "float32", False),
-        ("network_every 25", 25, "float32", False),
-        ("network_every 0 (once per frame)", 0, "float32", False),
-        ("bfloat16 networks", 1, "bfloat16", False),
-        ("bind_scene", 1, "float32", True),
-        ("network_every 25 + bfloat16 + bind_scene", 25, "bfloat16", True),
-        ("network_every 0 + bfloat16 + bind_scene", 0, "bfloat16", True),
-    ]
-    results = [(name, hsi_iteration(k, dt, b)) for name, k, dt, b in rows]
-
+    camera_stage = {d: fitted * CAMERA_ITERATIONS * sum(parts[k].seconds(dev) for k in
+                                                        ("prep_scene_camera", "composite_camera", "loss"))
+                    for d, dev in DEVICES.items()}
+    refine_stage = {d: REFINE_ITERATIONS * parts["refine_iteration"].seconds(dev) for d, dev in DEVICES.items()}
+    g = record["gaussians"]
     lines = [
         "# Cost model: one sequence at the paper's scale",
         "",
-        f"{datetime.date.today().isoformat()}, counted on {machine()}; `python experiments/bench/cost_model.py"
-        f"{' --small' if args.small else ''}` ({time.perf_counter() - began:.0f} s).",
+        f"{record['date']}, counted on {record['counted_on']}; `{record['command']}` ({record['seconds']} s).",
         "",
-        f"Scale: {camera.width}x{camera.height}, avatar {human.num:,} Gaussians, scene {scene.num:,}, object "
-        f"{obj.num:,}; {frames} frames ({fitted} fitted) x ({camera_iters} camera + {hsi_iters} HSI iterations), "
-        f"{refine_iters} refinement iterations. Tile capacity {cfg.tile_capacity}, pairs per render "
+        f"Scale: {width}x{height}, avatar {g['avatar']:,} Gaussians, scene {g['scene']:,}, object {g['object']:,}; "
+        f"{FRAMES} frames ({fitted} fitted) x ({CAMERA_ITERATIONS} camera + {HSI_ITERATIONS} HSI iterations), "
+        f"{REFINE_ITERATIONS} refinement iterations. Tile capacity {record['tile_capacity']}, pairs per render "
         f"{evals['pairs']:,.0f}, largest tile {evals['max_tile_count']}.",
         "",
         "Peaks (dense, SXM): " + "; ".join(f"{d}: TF32 {v['tf32'] / 1e12:.0f}, BF16 {v['bf16'] / 1e12:.0f}, FP32 "
                                            f"{v['fp32'] / 1e12:.1f} TFLOP/s, {v['bandwidth'] / 1e12:.2f} TB/s"
                                            for d, v in DEVICES.items()) + ".",
-        "Roofline per part: max(flops / peak, bytes / bandwidth), parts summed (no overlap): a floor.",
+        "Roofline per part: max(flops / peak, bytes / bandwidth), parts summed (no overlap). Flops are a floor;",
+        "bytes are XLA's CPU program's (GPU fusion moves fewer), so parts bound by bytes may be overestimated.",
         "",
         "## Work per part (one evaluation)",
         "",
@@ -446,24 +496,45 @@ def main(argv=None) -> None:
         f"| composite, XLA's bytes of the pure-JAX chunks per HSI render | | "
         f"{(unit_f.bytes + unit_b.bytes) * evals[which] / 1e9:,.1f} | (not used) |",
         f"| composite evaluations per HSI render | {evals[which] / 1e6:,.0f} M ({which.replace('_', ' ')}; upper "
-        f"bound {evals['upper_bound'] / 1e6:,.0f} M) | | |",
+        f"bound {evals['upper_bound'] / 1e6:,.0f} M); bound render, the {evals.get('touched_tiles', '?')} of "
+        f"{evals['tiles']} tiles the avatar and object reach: {touched / 1e6:,.0f} M | | |",
         "",
-        "## Predicted seconds per sequence (roofline floor)",
+        "## Predicted seconds per sequence (roofline)",
         "",
         "| HSI fit configuration | GFLOP / iteration | GB / iteration | " + " | ".join(
             f"HSI s ({d}) | sequence s ({d})" for d in DEVICES) + " |",
         "| --- | ---: | ---: | " + " | ".join("---: | ---:" for _ in DEVICES) + " |",
     ]
-    for name, r in results:
+    for name, every, dtype, bind, color_every in CONFIGURATIONS:
+        r = hsi_seconds(every, dtype, bind, color_every)
         cells = " | ".join(f"{r[d]:,.1f} | {r[d] + camera_stage[d] + refine_stage[d]:,.1f}" for d in DEVICES)
-        lines.append(f"| {name} | {r['flops_per_iter'] / 1e9:,.1f} | {r['bytes_per_iter'] / 1e9:,.2f} | {cells} |")
+        lines.append(f"| {name} | {r['flops'] / 1e9:,.1f} | {r['bytes'] / 1e9:,.2f} | {cells} |")
     lines += [
         "",
         "Camera tracking (every configuration): " + ", ".join(f"{d} {camera_stage[d]:.1f} s" for d in DEVICES)
         + "; refinement: " + ", ".join(f"{d} {refine_stage[d]:.1f} s" for d in DEVICES) + ".",
         f"Compositing counted with {which.replace('_', ' ')} evaluations ({early_ratio:.0%} of the listed slots).",
     ]
-    text = "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--small", action="store_true", help="built-in avatar, 100k scene, 320x180: checks the script")
+    parser.add_argument("--no-measure", action="store_true", help="skip the one CPU render that measures early stop")
+    parser.add_argument("--skip-avatar", action="store_true", help="count the avatar's parts as zero (debugging)")
+    parser.add_argument("--counted", help="the JSON of an earlier count: only the tables are made again")
+    parser.add_argument("--recount-evaluations", action="store_true",
+                        help="with --counted: count the compositing evaluations again, keep the other parts")
+    parser.add_argument("--out", default=None, help="markdown file; the count goes beside it as .json")
+    args = parser.parse_args(argv)
+    if args.counted and not args.recount_evaluations:
+        record = json.loads(Path(args.counted).read_text())
+    else:
+        record = count(args)
+        if args.out:
+            Path(args.out).with_suffix(".json").write_text(json.dumps(record, indent=1))
+    text = predict(record)
     print(text)
     if args.out:
         Path(args.out).write_text(text)

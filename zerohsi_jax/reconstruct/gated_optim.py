@@ -28,10 +28,16 @@ def gated(inner: optax.GradientTransformation, active: Callable[[jax.Array], jax
         return GatedState(jnp.zeros((), jnp.int32), inner.init(params))
 
     def update(updates, state, params=None):
-        new_updates, new_inner = inner.update(updates, state.inner, params)
-        on = active(state.count)
-        new_updates = jax.tree.map(lambda u: jnp.where(on, u, jnp.zeros_like(u)), new_updates)
-        new_inner = jax.tree.map(lambda n, o: jnp.where(on, n, o), new_inner, state.inner)
+        # A branch, not a select: where the step count is the same for every vmapped seed (a fresh
+        # state per frame), the skipped steps cost nothing, which matters for a large inner state
+        # (the colour net's Adam moments). Under a batched count it becomes the select.
+        def apply():
+            return inner.update(updates, state.inner, params)
+
+        def skip():
+            return jax.tree.map(jnp.zeros_like, updates), state.inner
+
+        new_updates, new_inner = jax.lax.cond(active(state.count), apply, skip)
         return new_updates, GatedState(state.count + 1, new_inner)
 
     return optax.GradientTransformation(init, update)

@@ -21,7 +21,7 @@ from jaxtyping import Array, Int
 
 from ..avatar.model import NETWORKS, AvatarMaps
 from ..splat import Camera, Gaussians, RasterConfig, RenderOutput, render
-from ..splat.bound_scene import bind_static, render_bound
+from ..splat.bound_scene import bind_static, render_bound, render_static
 from .config import HSIFitConfig
 from .gated_optim import after, every, labelled_adam, restart_gates, scan_minimize
 from .losses import HSI_TERMS, Objective
@@ -81,10 +81,12 @@ def scene_renderer(scene: Gaussians, camera: Camera, raster: RasterConfig, backg
                    moving_pairs: int | None = None) -> tuple[Callable[[Gaussians], RenderOutput], Int[Array, ""]]:
     """Eq. 9's renderer for a fixed camera, as a function of the moving Gaussians (avatar and
     object, groups 0 and 1), and the scene's share of a render's tile-Gaussian pairs. With `bind`,
-    the static scene is projected, coloured and binned here, once, and each render merges the
-    moving Gaussians into its tile lists (`bind_static`, `render_bound`; equal to the full render
-    up to round-off), their pairs in a buffer of `moving_pairs` (default: the whole render's pair
-    capacity); without, the scene is rendered with them every time (and its share counted as 0)."""
+    the static scene is projected, coloured, binned and rendered alone here, once; each render then
+    merges the moving Gaussians into the tile lists they reach and composites those tiles only,
+    the others keeping the scene's render (`bind_static`, `render_static`, `render_bound`; equal
+    to the full render up to round-off, and so is the pose gradient), the moving pairs in a buffer
+    of `moving_pairs` (default: the whole render's pair capacity); without, the scene is rendered
+    with them every time (and its share counted as 0)."""
     scene = scene.with_group(SCENE_GROUP)
     if not bind:
         full = lambda moving: render(Gaussians.concatenate([moving, scene]), camera, background,  # noqa: E731
@@ -92,8 +94,10 @@ def scene_renderer(scene: Gaussians, camera: Camera, raster: RasterConfig, backg
         return full, jnp.zeros((), jnp.int32)
     bound = bind_static(scene, camera, raster)
     moving_raster = raster.with_capacity(pair_capacity=moving_pairs) if moving_pairs else raster
+    # Tiles the avatar and object do not reach show the scene alone: rendered here, once.
+    static = render_static(bound, background, num_groups=NUM_GROUPS, config=moving_raster)
     merged = lambda moving: render_bound(bound, moving, camera, background, num_groups=NUM_GROUPS,  # noqa: E731
-                                         config=moving_raster)
+                                         config=moving_raster, static=static)
     return merged, bound.num_pairs
 
 

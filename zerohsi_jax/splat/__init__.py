@@ -35,6 +35,7 @@ from .bound_scene import (
     fit_bound_capacity,
     merge_pairs_into_tile_lists,
     render_bound,
+    render_static,
 )
 from .camera import Camera, CameraFileError
 from .composite import composite
@@ -82,6 +83,7 @@ __all__ = [
     "random_gaussians",
     "render",
     "render_bound",
+    "render_static",
     "render_projected",
     "rgb_to_sh0",
     "save_ply",

@@ -88,6 +88,7 @@ from jaxtyping import Array, Float, Int
 
 from .binning import TileBins, bin_gaussians, sorted_tile_pairs, tile_counts, tile_grid, tile_ranges
 from .camera import Camera
+from .composite_step import tiles_to_image
 from .config import RasterConfig
 from .gaussians import Gaussians
 from .projection import project
@@ -301,9 +302,15 @@ def render_bound(
     *,
     num_groups: int = 0,
     config: RasterConfig = RasterConfig(),
+    static: RenderOutput | None = None,
 ) -> RenderOutput:
     """`render(Gaussians.concatenate([scene, dynamic]), camera, background, ...)` for the scene
     bound by `bind_static(scene, camera, ...)`: only `dynamic` is projected and binned here.
+
+    With `static` (`render_static(bound, ...)` with the same background, groups and config), only
+    the tiles some dynamic Gaussian touches are composited; every other tile is the scene alone,
+    so it is taken from `static`. The render is the same; the scene then gets gradients from the
+    touched tiles only (the dynamic set's are exact), and neither set may carry `features`.
 
     `camera` must be the bound one (checked when called eagerly). `config.tile_capacity` is the
     merged tile list's length; `config.pair_capacity` the dynamic set's pair buffer (see the
@@ -320,7 +327,7 @@ def render_bound(
                 "render_bound: RasterConfig.tile_capacity is None but render_bound is traced; pass "
                 "fit_bound_capacity(bound, dynamic, camera, config)"
             )
-        return _render_bound_checked(bound, dynamic, camera, background, num_groups, config)
+        return _render_bound_checked(bound, dynamic, camera, background, num_groups, config, static)
     if not bool(jnp.allclose(bound.camera.viewmat, camera.viewmat)) or not all(
         bool(jnp.allclose(getattr(bound.camera, f), getattr(camera, f))) for f in ("fx", "fy", "cx", "cy")
     ):
@@ -335,7 +342,7 @@ def render_bound(
         background = jnp.asarray(background, dynamic.means.dtype)
     policy = config.overflow
     # The policy acts here, on the host: configs that differ only in it share one program.
-    out = _render_bound_jit(bound, dynamic, camera, background, num_groups, _dropping(config))
+    out = _render_bound_jit(bound, dynamic, camera, background, num_groups, _dropping(config), static)
     dropped = int(out.overflow)
     if dropped == 0 or policy == "drop":
         return out
@@ -360,7 +367,7 @@ def render_bound(
         RuntimeWarning,
         stacklevel=2,
     )
-    return _render_bound_jit(bound, dynamic, camera, background, num_groups, _dropping(grown))
+    return _render_bound_jit(bound, dynamic, camera, background, num_groups, _dropping(grown), static)
 
 
 def _dropping(config: RasterConfig) -> RasterConfig:
@@ -385,8 +392,8 @@ def _check_compatible(bound: BoundScene, camera: Camera, config: RasterConfig) -
         )
 
 
-def _render_bound_checked(bound, dynamic, camera, background, num_groups, config):
-    out = _render_bound_fixed(bound, dynamic, camera, background, num_groups, config)
+def _render_bound_checked(bound, dynamic, camera, background, num_groups, config, static=None):
+    out = _render_bound_fixed(bound, dynamic, camera, background, num_groups, config, static)
     if config.overflow == "error":
         out = eqx.error_if(
             out, out.overflow > 0,
@@ -396,7 +403,43 @@ def _render_bound_checked(bound, dynamic, camera, background, num_groups, config
     return out
 
 
-def _render_bound_fixed(bound, dynamic, camera, background, num_groups: int, config: RasterConfig) -> RenderOutput:
+def render_static(bound: BoundScene, background: Float[Array, "3"] | None = None, *, num_groups: int = 0,
+                  config: RasterConfig | None = None) -> RenderOutput:
+    """The bound scene rendered alone (no gradient): what `render_bound(..., static=...)` shows on
+    the tiles the dynamic Gaussians leave untouched. `config`: the render's (its tile capacity
+    cuts the scene's lists as the merged render's does); default the bind config."""
+    config = config or bound.config
+    if bound.features is not None:
+        raise ValueError("render_static: the bound scene has features; render_bound(static=...) takes none")
+    counts = jnp.minimum(bound.counts, config.tile_capacity)
+    bins = TileBins(ids=bound.ids[:, : config.tile_capacity], counts=counts,
+                    overflow=(bound.num_pairs - jnp.sum(counts)).astype(jnp.int32),
+                    max_tile_count=jnp.max(bound.tile_counts).astype(jnp.int32),
+                    num_pairs=bound.num_pairs.astype(jnp.int32))
+    out = composite_binned(bound.means2d, bound.conics, bound.opacities, bound.colors, bound.depths, None,
+                           bound.groups, bins, bound.camera, background, num_groups=num_groups, config=config)
+    return jax.lax.stop_gradient(out)
+
+
+def _with_static_tiles(out: RenderOutput, static: RenderOutput, touched: Array, camera: Camera,
+                       config: RasterConfig) -> RenderOutput:
+    """`out` on the `touched` tiles, `static` elsewhere (the counts stay `out`'s)."""
+    per_pixel = jnp.broadcast_to(touched[:, None], (touched.shape[0], config.tile_size**2))
+    mask = tiles_to_image(per_pixel, camera.width, camera.height, config.tile_size)
+
+    def pick(a, b):
+        if a is None:
+            return None
+        m = mask.reshape(mask.shape + (1,) * (a.ndim - 2))
+        return jnp.where(m, a, b)
+
+    fields = ("rgb", "depth", "alpha", "depth_accum", "features", "group_masks")
+    return eqx.tree_at(lambda o: [getattr(o, f) for f in fields], out,
+                       [pick(getattr(out, f), getattr(static, f)) for f in fields], is_leaf=lambda x: x is None)
+
+
+def _render_bound_fixed(bound, dynamic, camera, background, num_groups: int, config: RasterConfig,
+                        static: RenderOutput | None = None) -> RenderOutput:
     cap = config.tile_capacity
     width, height = camera.width, camera.height
     dtype = dynamic.means.dtype
@@ -434,7 +477,13 @@ def _render_bound_fixed(bound, dynamic, camera, background, num_groups: int, con
         max_tile_count=jnp.max(bound.tile_counts + dyn_tile_counts).astype(jnp.int32),
         num_pairs=total_pairs,
     )
-    return composite_binned(
+    if static is not None:
+        if features is not None:
+            raise ValueError("render_bound(static=...): neither set may carry features")
+        # Tiles no dynamic pair reaches composite nothing: their image is the scene's, in `static`.
+        touched = dyn_tile_counts > 0
+        bins = eqx.tree_at(lambda b: b.counts, bins, jnp.where(touched, counts, 0))
+    out = composite_binned(
         cat(bound.means2d, proj.means2d),
         cat(bound.conics, proj.conics),
         cat(bound.opacities, jnp.where(proj.visible, proj.opacities, 0.0)),
@@ -448,6 +497,9 @@ def _render_bound_fixed(bound, dynamic, camera, background, num_groups: int, con
         num_groups=num_groups,
         config=config,
     )
+    if static is None:
+        return out
+    return _with_static_tiles(out, static, touched, camera, config)
 
 
 _render_bound_jit = eqx.filter_jit(_render_bound_checked)
