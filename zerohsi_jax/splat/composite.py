@@ -200,6 +200,7 @@ def composite_backward(
     grad_background = jnp.einsum("tpc,tp->c", grad_out, final_trans)
     # Slots a tile needs: its count, cut at the last stop index of its pixels (no slot at or
     # past a pixel's stop contributes to it).
+    ids, counts, pix, stop = (jnp.asarray(x) for x in (ids, counts, pix, stop))
     live = jnp.minimum(jnp.minimum(counts, capacity), jnp.max(stop, axis=1))
     order = jnp.argsort(-live, stable=True)
     ids_s, live_s, pix_s, stop_s, gout_s = ids[order], live[order], pix[order], stop[order], grad_out[order]
