@@ -34,10 +34,6 @@ from .config import RasterConfig
 from .reference import composite_autodiff
 
 
-def _num_chunks(counts, capacity: int, cfg: RasterConfig):
-    return (jnp.minimum(jnp.max(counts), capacity) + cfg.chunk_size - 1) // cfg.chunk_size
-
-
 def _tile_levels(num_tiles: int, ratio: int = 4) -> list[int]:
     """Prefix sizes of the count-sorted tiles the loop narrows to: T, T/4, T/16, ..., 1."""
     sizes = [num_tiles]
@@ -194,7 +190,7 @@ def composite_backward(
     Only slots before the pixel's stop index contribute, as in the forward. Its compiled twin
     is `kernel_backward.kernel_composite_backward` (same arguments, same results)."""
     n = means2d.shape[0]
-    b = cfg.chunk_size
+    b = cfg.jax_backward_chunk
     capacity = ids.shape[1]
     grad_behind = final_trans * jnp.einsum("tpc,c->tp", grad_out, background)
     grad_background = jnp.einsum("tpc,tp->c", grad_out, final_trans)
