@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Int
 
-from .composite_step import forward_chunk, gather_chunk, initial_state, slot_alpha, tile_pixel_centers, tiles_to_image
+from .composite_step import forward_chunk, gather_chunk, initial_state, tile_pixel_centers, tiles_to_image
 from .config import RasterConfig
 from .reference import composite_autodiff
 
@@ -191,40 +191,51 @@ def composite_backward(
     is `kernel_backward.kernel_composite_backward` (same arguments, same results)."""
     n = means2d.shape[0]
     b = cfg.jax_backward_chunk
-    capacity = ids.shape[1]
+    num_tiles, capacity = ids.shape
+    ids, counts, pix, stop = (jnp.asarray(x) for x in (ids, counts, pix, stop))
     grad_behind = final_trans * jnp.einsum("tpc,c->tp", grad_out, background)
     grad_background = jnp.einsum("tpc,tp->c", grad_out, final_trans)
-    # Slots a tile needs: its count, cut at the last stop index of its pixels (no slot at or
-    # past a pixel's stop contributes to it).
-    ids, counts, pix, stop = (jnp.asarray(x) for x in (ids, counts, pix, stop))
+    # The slots a tile needs walking: its count, cut at the largest stop index of its pixels (no
+    # slot at or past a pixel's stop contributes to it). Tiles are sorted by it, decreasing, so
+    # that the tiles with a slot at or past any chunk form a prefix: the walk starts on the
+    # busiest tile alone and widens to T/4^k, ..., T tiles as it comes forward (the forward's
+    # narrowing, reversed), instead of walking every tile through the largest count.
     live = jnp.minimum(jnp.minimum(counts, capacity), jnp.max(stop, axis=1))
     order = jnp.argsort(-live, stable=True)
-    ids_s, live_s, pix_s, stop_s, gout_s = ids[order], live[order], pix[order], stop[order], grad_out[order]
-    carry = (final_trans[order], grad_behind[order])
-    sizes = _tile_levels(pix.shape[0])
-    def need(i):
-        return (live_s[i] + b - 1) // b
-    centre, basis = _pixel_moments_basis(pix_s)
-    acc = jnp.zeros((n, 6 + features.shape[1]), features.dtype)
-    k = need(0) - 1
-    for n_l in reversed(sizes):
-        lo = need(n_l) if n_l < pix.shape[0] else jnp.asarray(0, k.dtype)
-        lp, lids, llive, lstop, lgout = pix_s[:n_l], ids_s[:n_l], live_s[:n_l], stop_s[:n_l], gout_s[:n_l]
-        lcentre, lbasis = centre[:n_l], basis[:n_l]
-        def cond(c, lo=lo):
-            return c[0] >= lo
-        def body(c, lp=lp, lids=lids, llive=llive, lstop=lstop, lgout=lgout, lcentre=lcentre, lbasis=lbasis):
-            k, t_after, behind, acc = c
-            start = k * b
-            slot_ids, slot_valid, mean, conic, opac, feat = gather_chunk(means2d, conics, opacities, features, lids, llive, start, b)
-            t_after, behind, sg = _backward_chunk(lp, lstop, lgout, lcentre, lbasis, t_after, behind, start, mean, conic, opac, feat, cfg)
-            target = jnp.where(slot_valid, slot_ids, n)
-            acc = acc.at[target.reshape(-1)].add(sg.reshape(-1, sg.shape[-1]), mode="drop")
-            return k - 1, t_after, behind, acc
-        part = tuple(x[:n_l] for x in carry)
-        k, t_p, b_p, acc = jax.lax.while_loop(cond, body, (k, *part, acc))
-        carry = (carry[0].at[:n_l].set(t_p), carry[1].at[:n_l].set(b_p))
-    return acc[:, 0:2], acc[:, 2:5], acc[:, 5], acc[:, 6:], grad_background
+    ids, live, pix, stop, grad_out = ids[order], live[order], pix[order], stop[order], grad_out[order]
+    centre, basis = _pixel_moments_basis(pix)
+    # One accumulator for every per-Gaussian gradient (mean 2, conic 3, opacity 1, features C):
+    # one scatter-add per chunk.
+    grads = jnp.zeros((n, 6 + features.shape[1]), features.dtype)
+    t_after, grad_behind = final_trans[order], grad_behind[order]
+
+    def chunks_needed(tile):
+        return (live[tile] + b - 1) // b
+
+    k = chunks_needed(0) - 1  # the last chunk of the busiest tile
+    for size in reversed(_tile_levels(num_tiles)):
+        # Chunks k >= `lo` hold slots of the first `size` tiles only.
+        lo = chunks_needed(size) if size < num_tiles else jnp.zeros((), k.dtype)
+        tiles = (pix[:size], stop[:size], grad_out[:size], centre[:size], basis[:size], ids[:size], live[:size])
+
+        def body(carry, tiles=tiles):
+            k, t_after, grad_behind, grads = carry
+            t_pix, t_stop, t_grad_out, t_centre, t_basis, t_ids, t_live = tiles
+            slot_ids, slot_valid, mean, conic, opac, feat = gather_chunk(
+                means2d, conics, opacities, features, t_ids, t_live, k * b, b
+            )
+            t_after, grad_behind, slot_grads = _backward_chunk(
+                t_pix, t_stop, t_grad_out, t_centre, t_basis, t_after, grad_behind, k * b, mean, conic, opac, feat, cfg
+            )
+            target = jnp.where(slot_valid, slot_ids, n)  # out-of-range index: dropped by the scatter
+            grads = grads.at[target.reshape(-1)].add(slot_grads.reshape(-1, slot_grads.shape[-1]), mode="drop")
+            return k - 1, t_after, grad_behind, grads
+
+        k, t_part, behind_part, grads = jax.lax.while_loop(
+            lambda carry, lo=lo: carry[0] >= lo, body, (k, t_after[:size], grad_behind[:size], grads)
+        )
+        t_after, grad_behind = t_after.at[:size].set(t_part), grad_behind.at[:size].set(behind_part)
+    return grads[:, 0:2], grads[:, 2:5], grads[:, 5], grads[:, 6:], grad_background
 
 
 _warned_fallback: set[str] = set()
