@@ -29,13 +29,9 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Int
 
-from .composite_step import forward_chunk, gather_chunk, initial_state, slot_alpha, tile_pixel_centers, tiles_to_image
+from .composite_step import forward_chunk, gather_chunk, initial_state, tile_pixel_centers, tiles_to_image
 from .config import RasterConfig
 from .reference import composite_autodiff
-
-
-def _num_chunks(counts, capacity: int, cfg: RasterConfig):
-    return (jnp.minimum(jnp.max(counts), capacity) + cfg.chunk_size - 1) // cfg.chunk_size
 
 
 def _tile_levels(num_tiles: int, ratio: int = 4) -> list[int]:
@@ -109,6 +105,68 @@ def _composite_custom_fwd(means2d, conics, opacities, features, background, ids,
     return out, residuals
 
 
+def _pixel_moments_basis(pix):
+    """Per tile: its centre (T, 2) and the basis [1, u, v, u^2, uv, v^2] of its pixels (T, P, 6),
+    u, v the pixel offsets from the centre (within half a tile)."""
+    centre = 0.5 * (jnp.min(pix, axis=1) + jnp.max(pix, axis=1))
+    u, v = pix[..., 0] - centre[:, None, 0], pix[..., 1] - centre[:, None, 1]
+    return centre, jnp.stack([jnp.ones_like(u), u, v, u * u, u * v, v * v], -1)
+
+
+def _backward_chunk(pix, stop, grad_out, centre, basis, t_after, grad_behind, start, mean, conic, opac, feat, cfg):
+    """Gradients of the slots [start, start + b) of every tile in the prefix, back to front.
+
+    Only the transmittance and the projected colour behind (one scalar each per pixel) depend on
+    the slot after; they are carried one slot at a time in the exact order of the forward's
+    arithmetic. Everything else is computed for the whole chunk at once as (tiles, b, pixels)
+    arrays, and every per-Gaussian sum over a tile's pixels is a batched matmul per chunk:
+    with d = (dx, dy) = pixel - mean and h = dL/dvis * exp(-sigma) per pixel,
+        dL/dopacity = sum h,   dL/dsigma = -opacity h,
+        dL/dconic = -opacity (sum h dx^2 / 2, sum h dx dy, sum h dy^2 / 2),
+        dL/dmean = opacity (a sum h dx + b sum h dy, b sum h dx + c sum h dy),
+    and the sums of h dx^k dy^l follow from the moments of h about the tile centre
+    (sum h [1, u, v, u^2, uv, v^2]), d = (u, v) - (mean - centre). So the (tiles, b, pixels)
+    arrays written to memory are few: the serial part's inputs and outputs, h and the weights."""
+    b = mean.shape[1]
+    dx = pix[:, None, :, 0] - mean[:, :, None, 0]  # (t, b, p)
+    dy = pix[:, None, :, 1] - mean[:, :, None, 1]
+    ca, cb, cc = (conic[:, :, i, None] for i in range(3))
+    sigma = 0.5 * (ca * dx * dx + cc * dy * dy) + cb * dx * dy
+    gauss = jnp.exp(-jnp.maximum(sigma, 0.0))
+    vis = opac[:, :, None] * gauss
+    alpha = jnp.minimum(cfg.alpha_max, vis)
+    slot = start + jnp.arange(b, dtype=stop.dtype)
+    contrib = (sigma >= 0) & (alpha >= cfg.alpha_min) & (slot[None, :, None] < stop[:, None, :])
+    one_minus = jnp.where(contrib, 1.0 - alpha, 1.0)
+    weight_alpha = jnp.where(contrib, alpha, 0.0)
+    gf = jnp.einsum("tpc,tbc->tbp", grad_out, feat)  # g . f_j for every slot
+    # The serial part: T_j = T_{j+1} / (1 - alpha_j) and the colour behind each slot. The barrier
+    # keeps XLA from fusing the whole chain into each slot's consumer (b^2 / 2 divisions).
+    t_slots, behind_slots = [None] * b, [None] * b
+    for j in reversed(range(b)):
+        t_j = t_after / one_minus[:, j]
+        t_slots[j], behind_slots[j] = t_j, grad_behind
+        grad_behind = grad_behind + weight_alpha[:, j] * t_j * gf[:, j]
+        t_after, grad_behind = jax.lax.optimization_barrier((t_j, grad_behind))
+    t_slots, behind_slots = jnp.stack(t_slots, 1), jnp.stack(behind_slots, 1)
+    weight = weight_alpha * t_slots
+    grad_alpha = jnp.where(contrib, t_slots * gf - behind_slots / one_minus, 0.0)
+    h = jnp.where(vis < cfg.alpha_max, grad_alpha, 0.0) * gauss
+    m = jnp.einsum("tbp,tpk->tbk", h, basis)  # moments of h about the tile centre
+    m1, mu, mv, muu, muv, mvv = (m[..., i] for i in range(6))
+    ox, oy = mean[..., 0] - centre[:, None, 0], mean[..., 1] - centre[:, None, 1]
+    sx, sy = mu - ox * m1, mv - oy * m1  # sum h dx, sum h dy
+    sxx = muu - 2.0 * ox * mu + ox * ox * m1
+    sxy = muv - ox * mv - oy * mu + ox * oy * m1
+    syy = mvv - 2.0 * oy * mv + oy * oy * m1
+    a, bb, c = conic[..., 0], conic[..., 1], conic[..., 2]
+    g_mean = opac[..., None] * jnp.stack([a * sx + bb * sy, bb * sx + c * sy], -1)
+    g_conic = -opac[..., None] * jnp.stack([0.5 * sxx, sxy, 0.5 * syy], -1)
+    g_feat = jnp.einsum("tbp,tpc->tbc", weight, grad_out)
+    slot_grads = jnp.concatenate([g_mean, g_conic, m1[..., None], g_feat], -1)  # (t, b, 6 + C)
+    return t_after, grad_behind, slot_grads
+
+
 def composite_backward(
     means2d: Float[Array, "N 2"],
     conics: Float[Array, "N 3"],
@@ -132,64 +190,52 @@ def composite_backward(
     Only slots before the pixel's stop index contribute, as in the forward. Its compiled twin
     is `kernel_backward.kernel_composite_backward` (same arguments, same results)."""
     n = means2d.shape[0]
-    b = cfg.chunk_size
-    capacity = ids.shape[1]
-    n_chunks = _num_chunks(counts, capacity, cfg)
+    b = cfg.jax_backward_chunk
+    num_tiles, capacity = ids.shape
+    ids, counts, pix, stop = (jnp.asarray(x) for x in (ids, counts, pix, stop))
     grad_behind = final_trans * jnp.einsum("tpc,c->tp", grad_out, background)
     grad_background = jnp.einsum("tpc,tp->c", grad_out, final_trans)
-    init = (
-        n_chunks - 1,
-        final_trans,
-        grad_behind,
-        jnp.zeros_like(means2d),
-        jnp.zeros_like(conics),
-        jnp.zeros_like(opacities),
-        jnp.zeros_like(features),
-    )
+    # The slots a tile needs walking: its count, cut at the largest stop index of its pixels (no
+    # slot at or past a pixel's stop contributes to it). Tiles are sorted by it, decreasing, so
+    # that the tiles with a slot at or past any chunk form a prefix: the walk starts on the
+    # busiest tile alone and widens to T/4^k, ..., T tiles as it comes forward (the forward's
+    # narrowing, reversed), instead of walking every tile through the largest count.
+    live = jnp.minimum(jnp.minimum(counts, capacity), jnp.max(stop, axis=1))
+    order = jnp.argsort(-live, stable=True)
+    ids, live, pix, stop, grad_out = ids[order], live[order], pix[order], stop[order], grad_out[order]
+    centre, basis = _pixel_moments_basis(pix)
+    # One accumulator for every per-Gaussian gradient (mean 2, conic 3, opacity 1, features C):
+    # one scatter-add per chunk.
+    grads = jnp.zeros((n, 6 + features.shape[1]), features.dtype)
+    t_after, grad_behind = final_trans[order], grad_behind[order]
 
-    def cond(carry):
-        return carry[0] >= 0
+    def chunks_needed(tile):
+        return (live[tile] + b - 1) // b
 
-    def body(carry):
-        k, t_after, grad_behind, g_mean, g_conic, g_opac, g_feat = carry
-        start = k * b
-        slot_ids, slot_valid, mean, conic, opac, feat = gather_chunk(
-            means2d, conics, opacities, features, ids, counts, start, b
+    k = chunks_needed(0) - 1  # the last chunk of the busiest tile
+    for size in reversed(_tile_levels(num_tiles)):
+        # Chunks k >= `lo` hold slots of the first `size` tiles only.
+        lo = chunks_needed(size) if size < num_tiles else jnp.zeros((), k.dtype)
+        tiles = (pix[:size], stop[:size], grad_out[:size], centre[:size], basis[:size], ids[:size], live[:size])
+
+        def body(carry, tiles=tiles):
+            k, t_after, grad_behind, grads = carry
+            t_pix, t_stop, t_grad_out, t_centre, t_basis, t_ids, t_live = tiles
+            slot_ids, slot_valid, mean, conic, opac, feat = gather_chunk(
+                means2d, conics, opacities, features, t_ids, t_live, k * b, b
+            )
+            t_after, grad_behind, slot_grads = _backward_chunk(
+                t_pix, t_stop, t_grad_out, t_centre, t_basis, t_after, grad_behind, k * b, mean, conic, opac, feat, cfg
+            )
+            target = jnp.where(slot_valid, slot_ids, n)  # out-of-range index: dropped by the scatter
+            grads = grads.at[target.reshape(-1)].add(slot_grads.reshape(-1, slot_grads.shape[-1]), mode="drop")
+            return k - 1, t_after, grad_behind, grads
+
+        k, t_part, behind_part, grads = jax.lax.while_loop(
+            lambda carry, lo=lo: carry[0] >= lo, body, (k, t_after[:size], grad_behind[:size], grads)
         )
-        grad_feat_dot = jnp.einsum("tpc,tbc->tbp", grad_out, feat)  # g . f_j for every slot
-        slot_grads = [None] * b
-        for j in reversed(range(b)):
-            dx, dy, sigma, vis, alpha, keep = slot_alpha(pix, mean[:, j], conic[:, j], opac[:, j], cfg)
-            contrib = keep & ((start + j) < stop)
-            one_minus = jnp.where(contrib, 1.0 - alpha, 1.0)
-            t_j = t_after / one_minus
-            weight = jnp.where(contrib, alpha * t_j, 0.0)
-            gf = grad_feat_dot[:, j]
-            grad_alpha = jnp.where(contrib, t_j * gf - grad_behind / one_minus, 0.0)
-            grad_vis = jnp.where(vis < cfg.alpha_max, grad_alpha, 0.0)
-            grad_sigma = -grad_vis * vis
-            ca, cb, cc = conic[:, j, 0:1], conic[:, j, 1:2], conic[:, j, 2:3]
-            slot_grads[j] = (
-                jnp.stack([-jnp.sum(grad_sigma * (ca * dx + cb * dy), 1),
-                           -jnp.sum(grad_sigma * (cb * dx + cc * dy), 1)], -1),
-                jnp.stack([jnp.sum(grad_sigma * 0.5 * dx * dx, 1),
-                           jnp.sum(grad_sigma * dx * dy, 1),
-                           jnp.sum(grad_sigma * 0.5 * dy * dy, 1)], -1),
-                jnp.sum(grad_vis * jnp.exp(-jnp.maximum(sigma, 0.0)), 1),
-                jnp.einsum("tpc,tp->tc", grad_out, weight),
-            )  # fmt: skip
-            grad_behind = grad_behind + weight * gf
-            t_after = t_j
-        s_mean, s_conic, s_opac, s_feat = (jnp.stack(parts, 1) for parts in zip(*slot_grads, strict=True))
-        target = jnp.where(slot_valid, slot_ids, n)  # out-of-range index: dropped by the scatter
-        g_mean = g_mean.at[target].add(s_mean, mode="drop")
-        g_conic = g_conic.at[target].add(s_conic, mode="drop")
-        g_opac = g_opac.at[target].add(s_opac, mode="drop")
-        g_feat = g_feat.at[target].add(s_feat, mode="drop")
-        return k - 1, t_after, grad_behind, g_mean, g_conic, g_opac, g_feat
-
-    _, _, _, g_mean, g_conic, g_opac, g_feat = jax.lax.while_loop(cond, body, init)
-    return g_mean, g_conic, g_opac, g_feat, grad_background
+        t_after, grad_behind = t_after.at[:size].set(t_part), grad_behind.at[:size].set(behind_part)
+    return grads[:, 0:2], grads[:, 2:5], grads[:, 5], grads[:, 6:], grad_background
 
 
 _warned_fallback: set[str] = set()

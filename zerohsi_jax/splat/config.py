@@ -35,6 +35,10 @@ class RasterConfig:
     use `grown_capacity` (see the package docstring)."""
     chunk_size: int = 16
     """Gaussians composited per step of the per-tile loop (a speed/memory trade-off only)."""
+    backward_chunk_size: int | None = None
+    """Slots per step of the pure-JAX backward (`backward="jax"`); None: min(chunk_size, 8). Its
+    step holds (tiles, chunk, pixels) arrays, so past 8 they fall out of cache and it slows down
+    (measured in experiments/bench/results_jax_backward.md). Speed/memory only, like chunk_size."""
     eps2d: float = 0.3
     """Low-pass filter added to the diagonal of every 2D covariance, in pixels squared."""
     antialiased: bool = False
@@ -60,6 +64,8 @@ class RasterConfig:
     def __post_init__(self):
         if self.tile_size <= 0 or self.chunk_size <= 0:
             raise ValueError("tile_size and chunk_size must be positive")
+        if self.backward_chunk_size is not None and self.backward_chunk_size <= 0:
+            raise ValueError("backward_chunk_size must be positive (or None)")
         for name in ("tile_capacity", "pair_capacity"):
             value = getattr(self, name)
             if value is None:
@@ -84,6 +90,11 @@ class RasterConfig:
             tile_capacity=self.tile_capacity if tile_capacity is None else int(tile_capacity),
             pair_capacity=self.pair_capacity if pair_capacity is None else int(pair_capacity),
         )
+
+    @property
+    def jax_backward_chunk(self) -> int:
+        """Slots per step of the pure-JAX backward (see `backward_chunk_size`)."""
+        return self.backward_chunk_size if self.backward_chunk_size is not None else min(self.chunk_size, 8)
 
     def pairs_for(self, num_gaussians: int) -> int:
         if self.pair_capacity is not None:
