@@ -6,7 +6,7 @@ iterations."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import NamedTuple
 
 import jax
@@ -86,22 +86,26 @@ class Minimized(NamedTuple):
     opt_state: optax.OptState  # after the last step
 
 
-def scan_minimize(loss_fn: Callable, params, optimizer: optax.GradientTransformation, iterations: int, *,
-                  opt_state=None, held=None) -> Minimized:
+def scan_minimize(loss_fn: Callable | Sequence[Callable], params, optimizer: optax.GradientTransformation,
+                  iterations: int, *, opt_state=None, held=None, branch: Callable | None = None) -> Minimized:
     """`iterations` steps of `optimizer` on `loss_fn(params) -> (loss, aux)`, as one `lax.scan`
     with the Optax state in the carry, starting from `opt_state` (default: a fresh one).
 
     With `held` (a pytree the loss carries from step to step without differentiating it, such as
-    network outputs evaluated on some steps only), the loss is `loss_fn(params, held, step) ->
-    (loss, (aux, held))`; `step` counts from 0 and is the same in every vmapped batch member, so
-    a `lax.switch` on it stays a branch under vmap rather than becoming a select of all branches."""
+    network outputs evaluated on some steps only), `loss_fn` is a sequence of losses
+    `f(params, held) -> (loss, (aux, held))` and `branch(step)` picks the one of each step (step
+    counts from 0). Each branch is differentiated on its own and the step switches between the
+    differentiated branches: differentiating through a switch would make every branch carry the
+    residuals of all of them. The step index is the same in every vmapped batch member, so the
+    switch stays a branch under vmap rather than a select of all branches."""
 
     def step(carry, index):
         p, state, h = carry
         if held is None:
             (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(p)
         else:
-            (loss, (aux, h)), grads = jax.value_and_grad(loss_fn, has_aux=True)(p, h, index)
+            differentiated = [lambda p, h, f=f: jax.value_and_grad(f, has_aux=True)(p, h) for f in loss_fn]
+            (loss, (aux, h)), grads = jax.lax.switch(branch(index), differentiated, p, h)
             h = jax.lax.stop_gradient(h)
         updates, state = optimizer.update(grads, state, p)
         return (optax.apply_updates(p, updates), state, h), (loss, aux)

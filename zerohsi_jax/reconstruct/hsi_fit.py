@@ -9,6 +9,7 @@ The loss is `HSI_TERMS` weighted by the config: L_rgb (eq. 10) + 1e-3 L_center (
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -115,19 +116,15 @@ def network_step_kind(step: Int[Array, ""], cfg: HSIFitConfig) -> Int[Array, ""]
     return jnp.where(refresh, ALL_NETWORKS, jnp.where(color, COLOR_NET_ONLY, HELD_OUTPUTS))
 
 
-def amortised_avatar(avatar, human: HumanPose, camera_position, held: AvatarMaps, step, cfg: HSIFitConfig
+def amortised_avatar(avatar, human: HumanPose, camera_position, held: AvatarMaps, kind: int, cfg: HSIFitConfig
                      ) -> tuple[Gaussians, AvatarMaps]:
-    """The avatar's Gaussians with its networks evaluated as `network_step_kind` says and their
-    held outputs elsewhere (then only skinning and the root transform depend on the pose), and the
-    outputs to hold for the next step. The branch index is the same for every vmapped seed, so
-    only the chosen branch runs."""
+    """The avatar's Gaussians on an iteration of `kind` (`network_step_kind`): its networks
+    evaluated (all, or the colour net alone) or their `held` outputs used (then only skinning and
+    the root transform depend on the pose), and the outputs to hold for the next iteration."""
     pose = (human.global_orient, human.body_pose, human.transl)
-
-    def evaluate(nets):
-        return lambda: held.replace(avatar.network_maps(*pose, camera_position, nets=nets, dtype=cfg.network_dtype))
-
-    branches = [evaluate(NETWORKS), evaluate(("color",)), lambda: held]
-    maps = jax.lax.switch(network_step_kind(step, cfg), branches)
+    nets = {ALL_NETWORKS: NETWORKS, COLOR_NET_ONLY: ("color",), HELD_OUTPUTS: ()}[kind]
+    maps = held.replace(avatar.network_maps(*pose, camera_position, nets=nets, dtype=cfg.network_dtype)) \
+        if nets else held
     return avatar.pose_gaussians(maps, *pose), maps
 
 
@@ -172,12 +169,12 @@ def fit_frame(avatar_rest, color, human_init: HumanPose, object_prev: ObjectPose
     render_moving, scene_pairs = scene_renderer(scene, camera, raster, background, cfg.bind_scene, moving_pairs)
     amortised = cfg.network_every != 1
 
-    def loss_fn(p, held=None, step=None):
+    def loss_fn(p, held=None, kind: int = ALL_NETWORKS):
         avatar = eqx.combine(p["color"], avatar_rest)
         human = HumanPose(p["root"]["transl"], p["root"]["global_orient"], p["pose"])
         object_pose = object_prev.compose_relative(p["object"])
         if amortised:
-            human_g, held = amortised_avatar(avatar, human, camera.position, held, step, cfg)
+            human_g, held = amortised_avatar(avatar, human, camera.position, held, kind, cfg)
         else:
             human_g = avatar(human.global_orient, human.body_pose, human.transl, camera.position,
                              dtype=cfg.network_dtype)
@@ -188,13 +185,16 @@ def fit_frame(avatar_rest, color, human_init: HumanPose, object_prev: ObjectPose
         aux = (values, RasterCounts.of(out), out.num_pairs)
         return (total, (aux, held)) if amortised else (total, aux)
 
-    held = None
     if amortised:
         avatar0 = eqx.combine(color, avatar_rest)
         shapes = jax.eval_shape(lambda: avatar0.network_maps(human_init.global_orient, human_init.body_pose,
                                                              human_init.transl, camera.position))
         held = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), shapes)
-    fit = scan_minimize(loss_fn, params, opt, cfg.iterations, opt_state=opt_state, held=held)
+        branches = [functools.partial(loss_fn, kind=k) for k in (ALL_NETWORKS, COLOR_NET_ONLY, HELD_OUTPUTS)]
+        fit = scan_minimize(branches, params, opt, cfg.iterations, opt_state=opt_state, held=held,
+                            branch=lambda step: network_step_kind(step, cfg))
+    else:
+        fit = scan_minimize(loss_fn, params, opt, cfg.iterations, opt_state=opt_state)
     params, (values, counts, pairs) = fit.params, fit.aux
     human = HumanPose(params["root"]["transl"], params["root"]["global_orient"], params["pose"])
     # The render's pairs less the scene's: what the bound render's moving-pair buffer had to hold.
