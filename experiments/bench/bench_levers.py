@@ -60,6 +60,7 @@ LEVERS = {
     "network_every=0": {"network_every": 0},
     "bfloat16": {"network_dtype": "bfloat16"},
     "bind_scene": {"bind_scene": True},
+    "color_every=25": {"color_every": 25},
 }
 
 
@@ -207,7 +208,10 @@ def main():
     parser.add_argument("--pose-dependence", type=float, default=0.3)
     parser.add_argument("--estimate-noise", type=float, default=0.05)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--recommended", default="network_every=0,bind_scene=True,network_dtype=bfloat16")
+    parser.add_argument("--recommended",
+                        default="network_every=0,color_every=25,bind_scene=True,network_dtype=bfloat16")
+    parser.add_argument("--gpu", action="store_true",
+                        help="the GPU suite's run: 512 px, 4 frames, the paper and the recommended levers only")
     parser.add_argument("--only", nargs="*", default=None, help="configurations to run (default: all)")
     parser.add_argument("--repeats", type=int, default=10, help="calls per part in the breakdown")
     parser.add_argument("--no-parts", action="store_true", help="skip the per-part breakdown")
@@ -215,6 +219,8 @@ def main():
                         "then skip most compilation; the compile column then says so)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
+    if args.gpu:
+        args.size, args.frames, args.only, args.no_parts = 512, 4, ["recommended"], True
     if args.xla_cache:
         jax.config.update("jax_compilation_cache_dir", args.xla_cache)
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)

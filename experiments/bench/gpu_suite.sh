@@ -15,8 +15,8 @@
 #     forward+backward, with our CUDA backward and our pure-JAX backward (bench_gsplat.py);
 #  3. the CUDA backward against the pure-JAX backward on the same residuals (bench_kernel_backward.py);
 #  4. the avatar at the official size, float32 and bfloat16 (bench_avatar.py);
-#  5. the pipeline's paper schedule for 1 and 8 seeds, timed on a few frames and projected, with
-#     the levers off and on (bench_levers.py);
+#  5. the pipeline's paper schedule, timed on a few frames and projected: the levers off and on
+#     (bench_levers.py --gpu), and 1 and 8 seeds (bench_pipeline.py);
 #  6. seeds per second on one device and on all of them, when there are several (bench_devices.py).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -46,7 +46,9 @@ step "rasterizer vs gsplat" 120 python bench_gsplat.py --counts 100000 1000000 -
 step "CUDA vs pure-JAX backward" 60 python bench_kernel_backward.py --quick --out "$PWD/$OUT/kernel_backward.md"
 step "official avatar f32/bf16" 90 python bench_avatar.py --which official --dtypes float32 bfloat16 \
     --out "$PWD/$OUT/avatar.md"
-step "pipeline levers, 1 and 8 seeds" 150 python bench_levers.py --gpu --out "$PWD/$OUT/levers.md"
+step "pipeline levers off and on" 120 python bench_levers.py --gpu --out "$PWD/$OUT/levers.md"
+step "pipeline, 1 and 8 seeds" 90 python bench_pipeline.py --size 512 --measure-frames 2 --seeds 1 8 \
+    --out "$PWD/$OUT/pipeline.md"
 if [ "$(python -c 'import jax; print(jax.local_device_count())')" -gt 1 ]; then
     step "seeds over devices" 60 python bench_devices.py --seeds 8 --frames 4 --out "$PWD/$OUT/devices.md"
 fi
@@ -57,7 +59,7 @@ fi
     echo
     echo "\`bash experiments/bench/gpu_suite.sh\` ($(( $(date +%s) - began )) s). Prediction (CPU-counted roofline"
     echo "floor): experiments/bench/results_cost_model.md."
-    for f in gsplat kernel_backward avatar levers devices; do
+    for f in gsplat kernel_backward avatar levers pipeline devices; do
         [ -f "$OUT/$f.md" ] && { echo; sed 's/^# /### /' "$OUT/$f.md"; }
     done
 } >> experiments/RESULTS.md
