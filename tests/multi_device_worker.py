@@ -5,7 +5,7 @@ the test session's process).
     python tests/multi_device_worker.py devices PROBLEM OUT_DIR
         the seeds on 1 and on 4 devices, and a run started on 1 device resumed on 4
     python tests/multi_device_worker.py process PROBLEM RUN_DIR OUT_DIR COORDINATOR PROCESS_ID [DIE_AFTER_FRAME]
-        one of two processes of a multi-process run (process 1 kills itself once it wrote frame
+        one of two processes of a multi-process run (process 1 kills itself once it finished frame
         DIE_AFTER_FRAME, when given)
 """
 
@@ -115,14 +115,16 @@ def process_mode(problem, run_dir: Path, out: Path, coordinator: str, process_id
     from zerohsi_jax.reconstruct.run_files import RunFolder
 
     if die_after is not None and process_id == 1:
-        original = RunFolder.write_frame
+        # Killed once frame `die_after` can be resumed from: its frame file and the colour-net
+        # checkpoint after it are on disk.
+        original = RunFolder.write_color_state
 
-        def write_then_die(self, t, arrays):
-            original(self, t, arrays)
+        def write_then_die(self, t, color):
+            original(self, t, color)
             if t == die_after:
                 os.kill(os.getpid(), signal.SIGKILL)  # as a crash or a preempted machine: no clean-up
 
-        RunFolder.write_frame = write_then_die
+        RunFolder.write_color_state = write_then_die
     p = load_problem(problem)
     _, small = configs()
     result = run(p, small, devices=1, run_dir=run_dir)

@@ -129,6 +129,41 @@ def test_a_run_started_on_one_device_resumes_on_four(device_runs):
                  "started on 1 device, resumed on 4")
 
 
+def test_shares_padding_and_device_errors():
+    """The pure parts: each process's block of seeds, the padding and its cut, and the errors that
+    name the fix."""
+    from zerohsi_jax.devices import DeviceError, choose_devices, cut_leading, pad_leading, process_share
+
+    shares = [process_share(7, p, 3) for p in range(3)]
+    assert shares == [range(0, 3), range(3, 5), range(5, 7)]  # contiguous, every seed once, sizes differ by <= 1
+    with pytest.raises(DeviceError, match="start 2 process"):
+        process_share(2, 0, 3)
+    tree = {"a": np.arange(6).reshape(3, 2), "none": None}
+    padded = pad_leading(tree, 4)
+    np.testing.assert_array_equal(padded["a"][3], tree["a"][2])  # the last seed repeated: a real problem
+    np.testing.assert_array_equal(cut_leading(padded, 3)["a"], tree["a"])
+    with pytest.raises(DeviceError, match=r"--devices 99: this process sees \d+ cpu device\(s\).*give --devices"):
+        choose_devices(99)
+
+
+def test_the_device_count_is_recorded_but_not_compared():
+    from zerohsi_jax.reconstruct.run_files import manifest_changes
+
+    one = {"seeds": 6, "inputs": {"frames": "a"}, "devices": {"count": 1}}
+    four = {**one, "devices": {"count": 4}}
+    assert manifest_changes(one, four) == []
+    assert manifest_changes(one, {**four, "seeds": 5}) == ["seeds"]
+
+
+def test_partial_multi_process_flags_are_an_error(capsys):
+    from zerohsi_jax.cli import main
+
+    assert main(["demo", "--num-processes", "2", "--process-id", "0"]) == 2
+    assert "missing ['--coordinator']" in capsys.readouterr().err
+    assert main(["demo", "--coordinator", "127.0.0.1:1", "--num-processes", "2", "--process-id", "2"]) == 2
+    assert "the process ids are 0..1" in capsys.readouterr().err
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
