@@ -15,6 +15,9 @@
     losses.npz                    loss traces: camera, hsi (S, T-1, iterations), refine (S, iterations)
     timings.json
     complete.json                 written last, once every result above is on disk
+    part-<first>-<last>/          a multi-process run: each process's share of the seeds, a run folder of its
+                                  own (frames, resume state), beside the results process 0 writes above
+                                  (see `shares`); each process holds its own lock, `.lock-process<i>`
 
 The rules that keep a folder honest:
 - Every file is written beside its target and renamed into place (`atomic_write`), so a file that
