@@ -125,6 +125,11 @@ def _write_config(out: Path, cfg: RunConfig, *, run: bool = False) -> None:
 
 
 def _log(out: Path, message: str) -> None:
+    from .devices import processes
+
+    here = processes()
+    if here.count > 1:  # the processes of a multi-process run share the log
+        message = f"[process {here.index}] {message}"
     print(message, flush=True)
     with open(out / "log.txt", "a") as f:
         f.write(time.strftime("%Y-%m-%d %H:%M:%S ") + message + "\n")
@@ -226,18 +231,21 @@ def segment_command(config_path) -> list[Path]:
     return written
 
 
-def reconstruct_command(config_path, *, seeds: int | None = None, resume: bool = True, redo_from: int | None = None):
-    """Run the three stages on the config's videos (the first `seeds` of them, batched). The run
-    folder is `<output>/run`; its pictures are written before it is marked complete."""
+def reconstruct_command(config_path, *, seeds: int | None = None, resume: bool = True, redo_from: int | None = None,
+                        devices: int | None = None):
+    """Run the three stages on the config's videos (the first `seeds` of them, batched, split over
+    `devices` of this process: default all). The run folder is `<output>/run`; its pictures are
+    written before it is marked complete (by process 0 in a multi-process run)."""
     cfg = load_checked_config(config_path, "reconstruct")
     count = len(cfg.video.paths) if seeds is None else seeds
     if not 1 <= count <= len(cfg.video.paths):
         raise InputError(f"--seeds {seeds}: the config lists {len(cfg.video.paths)} video(s)")
     with command_output(cfg.path(cfg.output), f"reconstruct {config_path}") as out:
-        return _reconstruct_into(out, cfg, count, resume, redo_from)
+        return _reconstruct_into(out, cfg, count, resume, redo_from, devices)
 
 
-def _reconstruct_into(out: Path, cfg: RunConfig, count: int, resume: bool, redo_from: int | None):
+def _reconstruct_into(out: Path, cfg: RunConfig, count: int, resume: bool, redo_from: int | None,
+                      devices: int | None = None):
     assets = load_assets(cfg)
     per_video = [_video_masks(cfg, assets, i, out, assets.camera) for i in range(count)]
     lengths = [len(v.frames) for v in per_video]
@@ -279,10 +287,16 @@ def _reconstruct_into(out: Path, cfg: RunConfig, count: int, resume: bool, redo_
     began = time.perf_counter()
     result = reconstruct(inputs, obs, assets.initial, assets.vposer, cfg.reconstruct, run_dir=out / "run",
                          resume=resume, redo_from=redo_from, raster=raster, frame_rate=per_video[0].fps,
-                         on_start=on_start, before_complete=pictures, log=lambda m: _log(out, m))
-    _log(out, f"reconstruct: done in {time.perf_counter() - began:.1f} s; timings {json.dumps(result.timings)}")
+                         on_start=on_start, before_complete=pictures, log=lambda m: _log(out, m), devices=devices)
+    _log(out, f"reconstruct: done in {time.perf_counter() - began:.1f} s on {_devices_text(result.devices)}; "
+              f"timings {json.dumps(result.timings)}")
     _log(out, f"reconstruct: results and pictures in {out / 'run'}")
     return result
+
+
+def _devices_text(record: dict) -> str:
+    text = f"{record.get('count')} {'/'.join(record.get('kinds', []))} device(s)"
+    return text + (f" in {record['processes']} processes" if record.get("processes", 1) > 1 else "")
 
 
 def _read_result(path: Path, load):
@@ -296,7 +310,8 @@ def _read_result(path: Path, load):
 
 
 def continue_command(run_dir, *, video: str | None = None, masks: str | None = None,
-                     pose_estimates: str | None = None, out: str | None = None, seed: int = 0, resume: bool = True):
+                     pose_estimates: str | None = None, out: str | None = None, seed: int = 0, resume: bool = True,
+                     devices: int | None = None):
     """Long-term sequences (paper appendix C.5): the last reconstructed frame of seed `seed` of
     RUN_DIR becomes the initial state of the next clip. Writes the next clip's config and renders
     its initial frame (`init_frame.png`, the picture `init-frame` makes, from the chained state),
@@ -323,10 +338,11 @@ def continue_command(run_dir, *, video: str | None = None, masks: str | None = N
         viewmats = _read_result(results / "camera_viewmats.npy", np.load)
     with command_output(nxt, f"continue {run_dir}"):
         return _continue_into(run_dir, nxt, cfg, params, objects, viewmats, video, masks, pose_estimates, seed,
-                              resume)
+                              resume, devices)
 
 
-def _continue_into(run_dir, nxt, cfg, params, objects, viewmats, video, masks, pose_estimates, seed, resume):
+def _continue_into(run_dir, nxt, cfg, params, objects, viewmats, video, masks, pose_estimates, seed, resume,
+                   devices=None):
     atomic_write(nxt / "initial_body_pose.npy", lambda tmp: np.save(tmp, params["body_pose"][-1]))
     cam = json.loads(cfg.path(cfg.camera).read_text())
     cam.update({"viewmat": viewmats[-1].tolist()})
@@ -358,7 +374,7 @@ def _continue_into(run_dir, nxt, cfg, params, objects, viewmats, video, masks, p
         print(f"continue: generate the next clip from {init_frame} and the prompt, then run\n"
               f"  zerohsi-jax continue {run_dir} --video NEXT_CLIP.mp4")
         return None
-    reconstruct_command(config_path, seeds=1, resume=resume)
+    reconstruct_command(config_path, seeds=1, resume=resume, devices=devices)
     chained = _chain(run_dir, nxt, seed)
     print(f"continue: chained motion of {len(chained['transl'])} frames in {nxt / 'chained_smplx_params.npz'}")
     return chained

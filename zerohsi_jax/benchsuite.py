@@ -115,16 +115,22 @@ def instance_metrics(inputs, result, truths, room, dynamic: bool, sdf_cache, pos
 
 
 def run_bench_suite(out_dir, size: str = "small", *, variants=tuple(VARIANTS), estimate_noise: float = 0.05,
-                    progress: bool = True) -> dict:
+                    progress: bool = True, devices: int | None = None) -> dict:
+    """Every instance and variant of the suite `size`, its seeds split over `devices` of this
+    process (default: all; in a multi-process run, each process fits its share and process 0
+    writes the tables)."""
     from tqdm import tqdm
 
     from .compiled_memory import release_if_near_limit
+    from .devices import processes
     from .reconstruct import Observations, paper_schedule, quick_schedule, reconstruct
     from .synthetic.instances import build_instance, noisy_estimates, render_reference
 
     instances, seeds, frames, image, schedule = SUITES[size]
     base = paper_schedule() if schedule == "paper" else quick_schedule()
     out_dir = Path(out_dir)
+    writer = processes().index == 0  # one process writes the tables and prints the rows
+    progress = progress and writer
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = []
     for name, scene_seed, dynamic in tqdm(instances, desc="instances", disable=not progress):
@@ -139,22 +145,24 @@ def run_bench_suite(out_dir, size: str = "small", *, variants=tuple(VARIANTS), e
         for variant in variants:
             cfg = VARIANTS[variant](base)
             began = time.perf_counter()
-            result = reconstruct(inputs, obs, built.initial, built.vposer, cfg, raster=raster, progress=False)
+            result = reconstruct(inputs, obs, built.initial, built.vposer, cfg, raster=raster, progress=False,
+                                 devices=devices)
             seconds = time.perf_counter() - began
             scored = [(variant, "stage2")]
             if cfg.refine.enabled and cfg.refine.iterations > 0:
                 scored.append((variant + REFINED_SUFFIX, "refined"))
             for method, poses in scored:
                 row = {"instance": name, "setting": "dynamic" if dynamic else "static", "method": method,
-                       "poses": poses, "seconds": seconds}
+                       "poses": poses, "seconds": seconds, "devices": result.devices}
                 row.update(instance_metrics(inputs, result, truths, built.room, dynamic, out_dir / "sdf_cache", poses))
                 rows.append(row)
                 if progress:
                     print(json.dumps(row), flush=True)
-    (out_dir / "bench_suite.json").write_text(json.dumps(rows, indent=2))
     table = format_tables(rows, size, seeds, frames, image, schedule)
-    (out_dir / "bench_suite.md").write_text(table)
-    print(table)
+    if writer:
+        (out_dir / "bench_suite.json").write_text(json.dumps(rows, indent=2))
+        (out_dir / "bench_suite.md").write_text(table)
+        print(table)
     return {"rows": rows, "table": table}
 
 

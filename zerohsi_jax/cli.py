@@ -113,7 +113,8 @@ def _cmd_segment(args) -> int:
 def _cmd_reconstruct(args) -> int:
     from .app import reconstruct_command
 
-    reconstruct_command(args.config, seeds=args.seeds, resume=not args.no_resume, redo_from=args.redo_from)
+    reconstruct_command(args.config, seeds=args.seeds, resume=not args.no_resume, redo_from=args.redo_from,
+                        devices=args.devices)
     return 0
 
 
@@ -121,14 +122,14 @@ def _cmd_continue(args) -> int:
     from .app import continue_command
 
     continue_command(args.run_dir, video=args.video, masks=args.masks, pose_estimates=args.pose_estimates,
-                     out=args.out, seed=args.seed, resume=not args.no_resume)
+                     out=args.out, seed=args.seed, resume=not args.no_resume, devices=args.devices)
     return 0
 
 
 def _cmd_bench_suite(args) -> int:
     from .benchsuite import run_bench_suite
 
-    run_bench_suite(args.out, args.size)
+    run_bench_suite(args.out, args.size, devices=args.devices)
     return 0
 
 
@@ -152,6 +153,24 @@ def _cmd_export(args) -> int:
                                camera=args.camera):
             print(f"export: wrote {path}")
     return 0
+
+
+def _add_device_flags(p: argparse.ArgumentParser) -> None:
+    """--devices, and the flags that join this process to the others of a multi-process run."""
+    p.add_argument("--devices", type=_positive_int, metavar="N",
+                   help="fit the seeds on the first N devices of this process (default: all of them); the seeds "
+                        "are split over them, padded to a multiple of N")
+    p.add_argument("--coordinator", metavar="ADDRESS:PORT",
+                   help="multi-process run: process 0's address and a free port (jax.distributed); also "
+                        "ZEROHSI_COORDINATOR. Under srun or mpirun no flag is needed")
+    p.add_argument("--num-processes", type=_positive_int, metavar="N",
+                   help="multi-process run: how many processes (also ZEROHSI_NUM_PROCESSES)")
+    p.add_argument("--process-id", type=_int_at_least(0), metavar="I",
+                   help="multi-process run: this process's id, 0..N-1 (also ZEROHSI_PROCESS_ID)")
+
+
+DISTRIBUTED_COMMANDS = ("reconstruct", "continue", "demo", "bench-suite")
+"""The commands that fit seeds, hence take --devices and the multi-process flags."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -256,6 +275,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--camera", type=Path, help="camera JSON with the intrinsics, for a run without a config")
     p.set_defaults(func=_cmd_export)
 
+    for name in DISTRIBUTED_COMMANDS:
+        _add_device_flags(sub.choices[name])
+
     debug = "show the traceback of every error (a mistake in the inputs is otherwise one line)"
     parser.add_argument("--debug", action="store_true", help=debug)
     for command in sub.choices.values():
@@ -283,9 +305,14 @@ def main(argv: list[str] | None = None) -> int:
     bug and keeps its traceback. `--debug` shows the traceback of every error."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command != "config":
-        _keep_compiled_programs()
     try:
+        if args.command in DISTRIBUTED_COMMANDS:
+            # Before anything starts a JAX backend: jax.distributed must be joined first.
+            from .devices import initialize_distributed
+
+            initialize_distributed(args.coordinator, args.num_processes, args.process_id)
+        if args.command != "config":
+            _keep_compiled_programs()
         return args.func(args)
     except Exception as err:
         if args.debug or not is_user_error(err):

@@ -62,7 +62,6 @@ def run_demo(args) -> int:
 
 
 def _run_demo(args, out_dir: Path) -> int:
-    import jax
     import jax.numpy as jnp
 
     from .demo_config import centred_object_frame, config_ready_demo
@@ -105,14 +104,16 @@ def _run_demo(args, out_dir: Path) -> int:
         metrics.update(seconds=round(time.perf_counter() - began, 2), setup_seconds=round(setup_s, 2),
                        frames=args.frames, size=args.size, seeds=seeds,
                        schedule="paper" if args.paper_schedule else "quick", mode=cfg.mode, timings=result.timings,
-                       device=str(jax.devices()[0]))
+                       device=str(result.devices.get("kinds")), devices=result.devices)
         save_json(out_dir / "metrics.json", metrics)
         write_report(out_dir, demo, result, estimates, cfg.background)
 
     began = time.perf_counter()
     reconstruct(demo.inputs, obs, demo.initial, demo.vposer, cfg, run_dir=out_dir / "run",
                 resume=not args.no_resume, redo_from=getattr(args, "redo_from", None), raster=demo.raster,
-                on_start=on_start, before_complete=report)
+                on_start=on_start, before_complete=report, devices=getattr(args, "devices", None))
+    if not metrics:  # another process than 0 of a multi-process demo: process 0 scored and wrote the run
+        return 0
     keys = ("mpjpe_mm", "mpjpe_stage2_mm", "mpjpe_estimate_mm", "root_translation_mm", "root_orientation_deg",
             "camera_rotation_deg", "camera_translation_mm", "object_translation_mm", "object_rotation_deg", "seconds")
     print("\nground-truth errors (frames 1..T-1, mean over seeds):")

@@ -49,6 +49,7 @@ from zerohsi_jax.reconstruct.pipeline import (
     start_or_resume,
 )
 from zerohsi_jax.reconstruct.state import SCENE_GROUP, moving_gaussians
+from zerohsi_jax.devices import SeedMesh, choose_devices
 from zerohsi_jax.synthetic.instances import build_demo_scene, noisy_estimates
 
 TERMS = {"camera": CAMERA_TERMS, "hsi": HSI_TERMS, "refine": REFINE_TERMS}
@@ -82,7 +83,7 @@ def start_runs(demo, obs, base, configs: dict):
     for name, levers in configs.items():
         cfg = dataclasses.replace(base, hsi=dataclasses.replace(base.hsi, **levers),
                                   refine=dataclasses.replace(base.refine, enabled=False))
-        run = _prepare_run(demo.inputs, obs, cfg, TERMS, None, False, print)
+        run = _prepare_run(demo.inputs, obs, cfg, TERMS, None, False, print, SeedMesh.of(choose_devices(1)))
         if cfg.hsi.bind_scene:
             run.capacities["moving_pairs"] = measure_moving_pairs(demo.inputs, demo.initial, demo.raster)
         fitted = start_or_resume(run, demo.initial, demo.raster, resume=False)

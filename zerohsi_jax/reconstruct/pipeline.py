@@ -13,7 +13,7 @@ import contextlib
 import dataclasses
 import time
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import NamedTuple
 
 import equinox as eqx
@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from ..body import betas_for
 from ..config_values import ConfigError, check_values
+from ..devices import SeedMesh, choose_devices, cut_leading, pad_leading, processes
 from ..errors import InputError, UserError
 from ..files import atomic_write, save_json, save_npz
 from ..splat import Camera, RasterConfig, RasterOverflowError, fit_capacity, grown_capacity
@@ -41,7 +42,6 @@ from .programs import (
     RenderSettings,
     Shared,
     camera_program,
-    hsi_frames_program,
     hsi_program,
     initial_depth_program,
     refine_program,
@@ -88,6 +88,8 @@ class Reconstruction:
     raster: RasterConfig | None = None
     betas: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(10, np.float32))
     """The subject's SMPL-X shape (the avatar's betas), with which every pose here is posed."""
+    devices: dict = dataclasses.field(default_factory=dict)
+    """The devices the seeds were fitted on (`devices.device_record`: count, kinds, processes)."""
 
 
 # ------------------------------------------------------------------------------ NaN guard
@@ -242,10 +244,13 @@ def _terms_identity(table: Mapping) -> dict[str, str]:
 
 
 def run_manifest(inputs: SceneInputs, observations: Observations, initial: InitialState, vposer,
-                 cfg: ReconstructConfig, raster: RasterConfig, terms: Mapping[str, Mapping]) -> dict:
+                 cfg: ReconstructConfig, raster: RasterConfig, terms: Mapping[str, Mapping],
+                 devices: dict | None = None) -> dict:
     """What a run folder records of a run: its shape and a content hash of every input that changes
     the result (`INPUT_NAMES`), so that a rerun resumes only the same problem. The rasterizer's
-    capacities count only when it may drop pairs (`overflow="drop"`); otherwise they change nothing."""
+    capacities count only when it may drop pairs (`overflow="drop"`); otherwise they change nothing.
+    `devices` (`devices.device_record`) is recorded but not compared (`run_files.RUN_CONDITIONS`): a
+    run started on one device resumes on four."""
     obs = observations
     if raster.overflow != "drop":
         raster = dataclasses.replace(raster, tile_capacity=None, pair_capacity=None)
@@ -272,6 +277,7 @@ def run_manifest(inputs: SceneInputs, observations: Observations, initial: Initi
         "size": [int(inputs.camera.width), int(inputs.camera.height)],
         "object": inputs.object is not None,
         "inputs": {name: fingerprint(values[name]) for name in INPUT_NAMES},
+        **({} if devices is None else {"devices": devices}),
     }
 
 
@@ -348,6 +354,7 @@ def reconstruct(
     on_start: Callable[[], None] | None = None,
     before_complete: Callable[[Reconstruction], None] | None = None,
     log: Callable[[str], None] | None = None,
+    devices: int | Sequence[jax.Device] | None = None,
 ) -> Reconstruction:
     """Reconstruct S videos (a leading seed axis on every `observations` array) of one scene.
 
@@ -364,25 +371,54 @@ def reconstruct(
     The rasterizer's capacities are static inside the compiled programs: a frame or stage whose
     renders drop tile-Gaussian pairs is redone with grown capacities (said in one line), so no
     finished frame holds an incomplete render, unless `raster.overflow` is 'drop' (warned) or
-    'error' (raised). `Reconstruction.raster` holds the capacities that held."""
+    'error' (raised). `Reconstruction.raster` holds the capacities that held.
+
+    The seeds are split over `devices` (a count, or the devices themselves; default: every device
+    of this process), padded to a multiple of their count (`zerohsi_jax.devices`); the results,
+    files and run identity are the same on any number. In a multi-process run (`jax.distributed`,
+    see `devices.initialize_distributed`) each process fits its share of the seeds into a part of
+    the run folder, and process 0 writes the results (`shares.reconstruct_shares`)."""
     _check_observations(observations, inputs.camera)
     terms = {"camera": camera_terms, "hsi": hsi_terms, "refine": refine_terms}
     _check_config(cfg, terms)
     raster = raster or measure_raster_config(inputs, initial, cfg)
-    manifest = lambda: run_manifest(inputs, observations, initial, vposer, cfg, raster, terms)  # noqa: E731
+    mesh = SeedMesh.of(devices if _are_devices(devices) else choose_devices(devices))
+    log = log or tqdm.write
+    if processes().count > 1:
+        from .shares import reconstruct_shares
+
+        return reconstruct_shares(inputs, observations, initial, vposer, cfg, terms, raster, mesh, run_dir=run_dir,
+                                  resume=resume, redo_from=redo_from, progress=progress, frame_rate=frame_rate,
+                                  on_start=on_start, before_complete=before_complete, log=log)
+    manifest = lambda: run_manifest(inputs, observations, initial, vposer, cfg, raster, terms,  # noqa: E731
+                                    mesh.record())
     with _run_folder(run_dir, manifest, resume, redo_from) as folder:
         if on_start is not None:
             on_start()
-        run = _prepare_run(inputs, observations, cfg, terms, folder, progress, log or tqdm.write)
-        if cfg.hsi.bind_scene:
-            run.capacities["moving_pairs"] = measure_moving_pairs(inputs, initial, raster)
-        fitted = start_or_resume(run, initial, raster, resume)
-        fitted = _fit_frames_sequentially(run, fitted)
-        if fitted.next_frame < run.n_frames:
-            fitted = fit_frames_in_parallel(run, fitted)
-        result = refine(run, vposer, fitted)
-        write(run, result, frame_rate, before_complete)
+        result = fit_seeds(inputs, observations, initial, vposer, cfg, terms, raster, mesh, folder, resume=resume,
+                           progress=progress, log=log)
+        write(folder, inputs, result, frame_rate, before_complete)
         return result
+
+
+def _are_devices(devices) -> bool:
+    return isinstance(devices, Sequence) and all(isinstance(d, jax.Device) for d in devices) and len(devices) > 0
+
+
+def fit_seeds(inputs: SceneInputs, observations: Observations, initial: InitialState, vposer, cfg: ReconstructConfig,
+              terms: dict, raster: RasterConfig, mesh: SeedMesh, folder: RunFolder | None, *, resume: bool,
+              progress: bool, log) -> Reconstruction:
+    """The three stages on every seed of `observations`, split over `mesh` (the seeds padded to its
+    device count and the padding cut off again), writing each frame into `folder` (resuming what
+    it holds when `resume`); the results are not written."""
+    run = _prepare_run(inputs, observations, cfg, terms, folder, progress, log, mesh)
+    if cfg.hsi.bind_scene:
+        run.capacities["moving_pairs"] = measure_moving_pairs(inputs, initial, raster)
+    fitted = start_or_resume(run, initial, raster, resume)
+    fitted = _fit_frames_sequentially(run, fitted)
+    if fitted.next_frame < run.n_frames:
+        fitted = fit_frames_in_parallel(run, fitted)
+    return refine(run, vposer, fitted)
 
 
 @contextlib.contextmanager
@@ -419,12 +455,27 @@ class _Run:
     """The colour net (and Adam state) is checkpointed every this many frames."""
     progress: bool
     log: Callable[[str], None]
+    mesh: SeedMesh
+    """The devices the seeds are split over."""
+    seeds: int
+    """The seeds of the run; `obs` and every state hold them padded to `n_seeds`, a multiple of the
+    device count (`devices.pad_leading`), and `real` cuts the padding off again."""
     capacities: dict = dataclasses.field(default_factory=dict)
     """Capacities grown during the run besides the rasterizer's: 'moving_pairs' with a bound scene."""
 
     @property
     def n_seeds(self) -> int:
+        """The seeds the programs fit: `seeds` padded to a multiple of the device count."""
         return int(self.obs.frames.shape[0])
+
+    def real(self, tree):
+        """The real seeds of a seed-leading pytree, as NumPy arrays: what reaches files, losses,
+        results and the NaN check."""
+        return cut_leading(tree, self.seeds)
+
+    def padded(self, tree):
+        """A pytree of the real seeds (read back from the run folder) padded and split over the devices."""
+        return self.mesh.place(pad_leading(tree, self.n_seeds))
 
     @property
     def n_frames(self) -> int:
@@ -447,6 +498,10 @@ class _Run:
         return HSISettings(self.cfg.hsi, self.render_settings(raster), self.objectives["hsi"], self.use_estimates,
                            self.capacities.get("moving_pairs"))
 
+    def call(self, program, *args, seeds: tuple, batch_axes: int = 1):
+        """`program(*args)` on the devices (`SeedMesh.call`; `seeds` marks the seed-leading arguments)."""
+        return self.mesh.call(program, args, seeds, batch_axes=batch_axes)
+
     def hsi_batch(self, states: FrameState, viewmats, frames: slice | int) -> HSIBatch:
         obs = self.obs
         return HSIBatch(states, viewmats, obs.frames[:, frames], obs.human_masks[:, frames],
@@ -466,19 +521,22 @@ class Fitted(NamedTuple):
 
 
 def _prepare_run(inputs: SceneInputs, observations: Observations, cfg: ReconstructConfig, terms: dict,
-                 folder: RunFolder | None, progress: bool, log) -> _Run:
-    """The run's fixed parts: the programs' shared argument, objectives, masks and estimates."""
+                 folder: RunFolder | None, progress: bool, log, mesh: SeedMesh) -> _Run:
+    """The run's fixed parts: the programs' shared argument, objectives, masks and estimates; the
+    observations padded to the devices and split over them, the shared arrays on each."""
+    seeds = int(observations.frames.shape[0])
+    observations = mesh.place(pad_leading(observations, mesh.padded(seeds)))
     n_seeds, n_frames = observations.frames.shape[:2]
     color0, avatar_rest = eqx.partition(inputs.avatar, inputs.avatar.color_filter())
     # Group ids set once here, so that scenes with and without them compile to the same program.
-    shared = Shared(inputs.scene.with_group(SCENE_GROUP),
-                    None if inputs.object is None else inputs.object.with_group(OBJECT_GROUP), avatar_rest,
-                    inputs.camera)
+    shared = mesh.replicate(Shared(inputs.scene.with_group(SCENE_GROUP),
+                                   None if inputs.object is None else inputs.object.with_group(OBJECT_GROUP),
+                                   avatar_rest, inputs.camera))
     use_estimates = observations.pose_estimates is not None
     # A large colour net (the official avatar's is ~300 MB) is checkpointed every 10th frame only,
     # and only the newest checkpoint is kept: a resumed run then redoes at most 9 frames instead of
     # writing gigabytes per sequence.
-    color_bytes = sum(x.nbytes for x in jax.tree.leaves(color0)) * n_seeds
+    color_bytes = sum(x.nbytes for x in jax.tree.leaves(color0)) * seeds
     color_every = 1 if color_bytes < 64 * 2**20 else 10
     if folder is not None:
         folder.keep_checkpoints = 2 if color_every == 1 else 1
@@ -498,6 +556,8 @@ def _prepare_run(inputs: SceneInputs, observations: Observations, cfg: Reconstru
         color_every=color_every,
         progress=progress,
         log=log,
+        mesh=mesh,
+        seeds=seeds,
     )
 
 
@@ -507,12 +567,14 @@ def start_or_resume(run: _Run, initial: InitialState, raster: RasterConfig, resu
     from frame 0, the initial state the video was generated from, with D_O^0 (eq. 12) rendered,
     and written to the folder."""
     folder, n_seeds = run.folder, run.n_seeds
+    # The folder holds the real seeds only (`run.real`): read back, they are padded again.
     timings = {"camera_tracking_s": 0.0, "hsi_fit_s": 0.0, "refinement_s": 0.0, "compile_and_first_frame_s": 0.0}
     losses = {"camera": [], "hsi": []}
     opt_state0 = _initial_adam_state(run.cfg.hsi, run.inputs.object is not None, initial.human, run.color0, n_seeds)
     if folder is not None and resume and (t_done := folder.resumable_frame()) is not None:
-        color, opt_state = folder.read_color_state(t_done, (_broadcast_seeds(run.color0, n_seeds), opt_state0))
-        states = [_state_from_arrays(folder.read_frame(t, FRAME_KEYS), color) for t in range(t_done + 1)]
+        like = run.real((_broadcast_seeds(run.color0, n_seeds), opt_state0))
+        color, opt_state = run.padded(folder.read_color_state(t_done, like))
+        states = [_state_from_arrays(run.padded(folder.read_frame(t, FRAME_KEYS)), color) for t in range(t_done + 1)]
         states[-1] = eqx.tree_at(lambda s: s.opt_state, states[-1], opt_state, is_leaf=lambda x: x is None)
         if run.progress:
             run.log(f"resuming {folder.root} after frame {t_done}")
@@ -522,12 +584,13 @@ def start_or_resume(run: _Run, initial: InitialState, raster: RasterConfig, resu
     state0 = _broadcast_seeds(state0, n_seeds)
     state0 = eqx.tree_at(lambda s: s.opt_state, state0, opt_state0, is_leaf=lambda x: x is None)
     depth0, raster = _until_it_fits(
-        lambda r: initial_depth_program(run.shared, state0, run.obs.object_masks[:, 0], run.render_settings(r)),
+        lambda r: run.call(initial_depth_program, run.shared, state0, run.obs.object_masks[:, 0],
+                           run.render_settings(r), seeds=(False, True, True, False)),
         raster, "frame 0 (initial object depth)", run.log)
     state0 = eqx.tree_at(lambda s: s.object_depth0, state0, depth0.depth)
     if folder is not None:
-        folder.write_frame(0, _state_arrays(state0))
-        folder.write_color_state(0, (state0.color, state0.opt_state))
+        folder.write_frame(0, run.real(_state_arrays(state0)))
+        folder.write_color_state(0, run.real((state0.color, state0.opt_state)))
     return Fitted([state0], 1, raster, timings, losses)
 
 
@@ -551,32 +614,42 @@ def fit_one_frame(run: _Run, prev: FrameState, t: int, raster: RasterConfig, *, 
     obs = run.obs
 
     def track(r):
-        out = camera_program(run.shared, CameraBatch(prev.viewmat, obs.frames[:, t], run.background_masks[:, t]),
-                             run.camera_settings(r))
+        out = run.call(camera_program, run.shared,
+                       CameraBatch(prev.viewmat, obs.frames[:, t], run.background_masks[:, t]), run.camera_settings(r),
+                       seeds=(False, True, False))
         jax.block_until_ready(out.viewmat)
         return out
 
     began = time.perf_counter()
     camera, raster = _until_it_fits(track, raster, f"frame {t} (camera tracking)", run.log)
     camera_s = time.perf_counter() - began
-    _first_bad("camera tracking", t, camera.losses, camera.terms)
+    camera_losses = run.real(camera.losses)
+    _first_bad("camera tracking", t, camera_losses, run.real(camera.terms))
     if not fit_pose:
-        return FrameStep(eqx.tree_at(lambda s: s.viewmat, prev, camera.viewmat), np.asarray(camera.losses), None,
+        return FrameStep(eqx.tree_at(lambda s: s.viewmat, prev, camera.viewmat), camera_losses, None,
                          camera_s, 0.0, raster)
     began = time.perf_counter()
-    fit, raster = _until_it_fits(_hsi_run(run, hsi_program, prev, camera.viewmat, t), raster,
-                                 f"frame {t} (HSI fit)", run.log)
+    fit, raster = _until_it_fits(_hsi_run(run, prev, camera.viewmat, t), raster, f"frame {t} (HSI fit)", run.log)
     hsi_s = time.perf_counter() - began
-    _first_bad("HSI fit", t, fit.losses, fit.terms)
-    return FrameStep(fit.state, np.asarray(camera.losses), np.asarray(fit.losses), camera_s, hsi_s, raster)
+    hsi_losses = run.real(fit.losses)
+    _first_bad("HSI fit", t, hsi_losses, run.real(fit.terms))
+    return FrameStep(fit.state, camera_losses, hsi_losses, camera_s, hsi_s, raster)
 
 
-def _hsi_run(run: _Run, program, states: FrameState, viewmats, frames: slice | int):
-    """`program` (one frame, or frames in parallel) on `frames` as a function of the capacities.
-    A bound scene's buffer of moving pairs that was too small is grown here (its overflow is
-    counted with the others, so `_until_it_fits` runs the frame again)."""
+def _hsi_run(run: _Run, states: FrameState, viewmats, frames: slice | int):
+    """Stage 2 on `frames` (one frame t, or a slice of frames fitted in parallel) as a function of
+    the capacities. In parallel, the real seeds' seeds x frames fits are one batch of independent
+    fits (`hsi_program` over their items), split over the devices as one axis. A bound scene's
+    buffer of moving pairs that was too small is grown here (its overflow is counted with the
+    others, so `_until_it_fits` runs the frame again)."""
+    parallel = isinstance(frames, slice)
+
     def go(r):
-        out = program(run.shared, run.hsi_batch(states, viewmats, frames), run.hsi_settings(r))
+        batch = run.hsi_batch(states, viewmats, frames)
+        if parallel:
+            batch = jax.tree.map(lambda x: x[:run.seeds], batch)
+        out = run.call(hsi_program, run.shared, batch, run.hsi_settings(r), seeds=(False, True, False),
+                       batch_axes=2 if parallel else 1)
         jax.block_until_ready(out.state.viewmat)
         held = run.capacities.get("moving_pairs")
         need = int(np.max(np.asarray(out.moving_pairs)))
@@ -612,9 +685,9 @@ def _fit_frames_sequentially(run: _Run, fitted: Fitted) -> Fitted:
             timings["hsi_fit_s"] += step.hsi_s
         states.append(step.state)
         if run.folder is not None and t < end:
-            run.folder.write_frame(t, _state_arrays(step.state))
+            run.folder.write_frame(t, run.real(_state_arrays(step.state)))
             if t % run.color_every == 0 or t == end - 1:
-                run.folder.write_color_state(t, (step.state.color, step.state.opt_state))
+                run.folder.write_color_state(t, run.real((step.state.color, step.state.opt_state)))
         if run.progress and t < end:
             bar.set_postfix(hsi_loss=f"{float(np.mean(step.hsi_losses[..., -1])):.4f}")
     return Fitted(states, end, raster, timings, losses)
@@ -630,20 +703,23 @@ def fit_frames_in_parallel(run: _Run, fitted: Fitted) -> Fitted:
     init = jax.tree.map(lambda x: jnp.broadcast_to(x[:, None], (x.shape[0], count) + x.shape[1:]), anchor)
     viewmats = jnp.stack([states[t].viewmat for t in range(first, n_frames)], axis=1)
     began = time.perf_counter()
-    fit, raster = _until_it_fits(_hsi_run(run, hsi_frames_program, init, viewmats, slice(first, n_frames)),
+    fit, raster = _until_it_fits(_hsi_run(run, init, viewmats, slice(first, n_frames)),
                                  fitted.raster, f"frames {first}-{n_frames - 1} (frame-parallel HSI fit)", run.log)
     timings = {**fitted.timings, "hsi_fit_s": fitted.timings["hsi_fit_s"] + time.perf_counter() - began}
-    _first_bad("HSI fit (frame-parallel)", first, fit.losses, fit.terms)
+    # The fit came back for the real seeds only (`_hsi_run`): padded again, as every other state.
+    fit_losses = np.asarray(fit.losses)
+    _first_bad("HSI fit (frame-parallel)", first, fit_losses, jax.tree.map(np.asarray, fit.terms))
+    fit_states = run.padded(fit.state)
     out = list(states[:first])
     hsi_losses = list(fitted.losses["hsi"])
     for i, t in enumerate(range(first, n_frames)):
-        state = jax.tree.map(lambda x, i=i: x[:, i], fit.state)
+        state = jax.tree.map(lambda x, i=i: x[:, i], fit_states)
         out.append(state)
-        hsi_losses.append(np.asarray(fit.losses[:, i]))
+        hsi_losses.append(fit_losses[:, i])
         if run.folder is not None:
-            run.folder.write_frame(t, _state_arrays(state))
+            run.folder.write_frame(t, run.real(_state_arrays(state)))
     if run.folder is not None:
-        run.folder.write_color_state(n_frames - 1, (out[-1].color, out[-1].opt_state))
+        run.folder.write_color_state(n_frames - 1, run.real((out[-1].color, out[-1].opt_state)))
     return Fitted(out, n_frames, raster, timings, {**fitted.losses, "hsi": hsi_losses})
 
 
@@ -658,23 +734,28 @@ def refine(run: _Run, vposer, fitted: Fitted) -> Reconstruction:
     cfg = run.cfg.refine
     if cfg.enabled and cfg.iterations > 0:
         began = time.perf_counter()
-        out = refine_program(_refine_batch(run.inputs, vposer, human2, stacked.object, cfg, betas),
-                             _refine_settings(run.inputs, cfg, run.objectives["refine"]))
+        out = run.call(refine_program, _refine_batch(run.inputs, vposer, human2, stacked.object, cfg, betas),
+                       _refine_settings(run.inputs, cfg, run.objectives["refine"]), seeds=(_REFINE_SEEDS, False))
         jax.block_until_ready(out.human.transl)
         refined = out.human
         timings["refinement_s"] = time.perf_counter() - began
-        _first_bad("refinement", run.n_frames - 1, out.losses, out.terms)
-        losses["refine"] = np.asarray(out.losses)
+        losses["refine"] = run.real(out.losses)
+        _first_bad("refinement", run.n_frames - 1, losses["refine"], run.real(out.terms))
     return Reconstruction(
-        viewmats=np.asarray(stacked.viewmat),
-        human_stage2=jax.tree.map(np.asarray, human2),
-        human=jax.tree.map(np.asarray, refined),
-        object_poses=np.asarray(stacked.object.matrix()),
+        viewmats=run.real(stacked.viewmat),
+        human_stage2=run.real(human2),
+        human=run.real(refined),
+        object_poses=run.real(stacked.object.matrix()),
         timings=timings,
         losses=losses,
         raster=fitted.raster,
         betas=betas,
+        devices=run.mesh.record(),
     )
+
+
+_REFINE_SEEDS = RefineBatch(hands_model=False, vposer=False, human=True, points=True, betas=False, dynamic=True)
+"""Which parts of stage 3's batch lead with the seed axis (`SeedMesh.call`)."""
 
 
 def _refine_batch(inputs: SceneInputs, vposer, human2: HumanPose, objects: ObjectPose, cfg: RefineConfig,
@@ -695,11 +776,12 @@ def _refine_settings(inputs: SceneInputs, cfg: RefineConfig, objective: Objectiv
     return RefineSettings(cfg, float(pair_scale), objective)
 
 
-def write(run: _Run, result: Reconstruction, frame_rate: float | None, before_complete) -> None:
+def write(folder: RunFolder | None, inputs: SceneInputs, result: Reconstruction, frame_rate: float | None,
+          before_complete) -> None:
     """The results into the run folder (`write_results`), or, without one, only
     `before_complete(result)`."""
-    if run.folder is not None:
-        write_results(run.folder, result, gender=getattr(run.inputs.body, "gender", "neutral"),
+    if folder is not None:
+        write_results(folder, result, gender=getattr(inputs.body, "gender", "neutral"),
                       frame_rate=frame_rate, before_complete=before_complete)
     elif before_complete is not None:
         before_complete(result)
@@ -756,6 +838,7 @@ def write_results(folder: RunFolder, result: Reconstruction, *, gender: str = "n
         "frame_rate": None if frame_rate is None else float(frame_rate),
         "raster": None if raster is None else {"tile_capacity": raster.tile_capacity,
                                                "pair_capacity": raster.pair_capacity},
+        "devices": result.devices,
     })
 
 

@@ -15,6 +15,9 @@
     losses.npz                    loss traces: camera, hsi (S, T-1, iterations), refine (S, iterations)
     timings.json
     complete.json                 written last, once every result above is on disk
+    part-<first>-<last>/          a multi-process run: each process's share of the seeds, a run folder of its
+                                  own (frames, resume state), beside the results process 0 writes above
+                                  (see `shares`); each process holds its own lock, `.lock-process<i>`
 
 The rules that keep a folder honest:
 - Every file is written beside its target and renamed into place (`atomic_write`), so a file that
@@ -131,10 +134,15 @@ def fingerprint(tree) -> str:
     return digest.hexdigest()
 
 
+RUN_CONDITIONS = ("devices",)
+"""Manifest entries that say how a run ran, not what it computes: recorded, never compared (a run
+started on one device resumes on four; the results do not depend on the count)."""
+
+
 def manifest_changes(old: dict, new: dict) -> list[str]:
     """What differs between two run manifests: top-level entries (seeds, frames, size, config...)
-    and, by name, the inputs whose fingerprints differ."""
-    changed = [k for k in sorted((set(old) | set(new)) - {"inputs"}) if old.get(k) != new.get(k)]
+    and, by name, the inputs whose fingerprints differ; `RUN_CONDITIONS` are left out."""
+    changed = [k for k in sorted((set(old) | set(new)) - {"inputs", *RUN_CONDITIONS}) if old.get(k) != new.get(k)]
     old_in, new_in = old.get("inputs", {}), new.get("inputs", {})
     changed += [k for k in sorted(set(old_in) | set(new_in)) if old_in.get(k) != new_in.get(k)]
     return list(dict.fromkeys(changed))  # 'config' may be both an entry and an input
@@ -143,6 +151,15 @@ def manifest_changes(old: dict, new: dict) -> list[str]:
 # ------------------------------------------------------------------------------------ locks
 
 LOCK_NAME = ".lock"
+
+
+def _lock_name() -> str:
+    """`.lock`, or in a multi-process run `.lock-process<i>`: the processes of one run share its
+    output folder (each writes its own part), so each holds a lock of its own there."""
+    from ..devices import processes
+
+    here = processes()
+    return LOCK_NAME if here.count == 1 else f"{LOCK_NAME}-process{here.index}"
 _HELD: dict[str, list] = {}  # lock file (resolved) -> [open file, depth]: a process may nest its own locks
 
 
@@ -162,7 +179,7 @@ def folder_lock(folder, command: str | None = None):
     records the holder (pid, host, start time, command) for the error a second run gets.
     Re-entrant within a process (a command that runs another into the same folder)."""
     folder = Path(folder)
-    path = folder / LOCK_NAME
+    path = folder / _lock_name()
     try:
         folder.mkdir(parents=True, exist_ok=True)
         key = str(path.resolve())
