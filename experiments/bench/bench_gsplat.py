@@ -127,7 +127,8 @@ def main(argv=None) -> None:
         f"## Rasterizer against gsplat (CUDA), {datetime.date.today().isoformat()}",
         "",
         f"{machine()}; {args.width}x{args.height}; `python experiments/bench/bench_gsplat.py`. Median ms of "
-        f"{args.repeats}; ratio = gsplat / ours (kernel backward)." + ("" if have_gsplat else f" gsplat not run: {reason}."),
+        f"{args.repeats}; ratio = gsplat / ours (kernel backward)."
+        + ("" if have_gsplat else f" gsplat not run: {reason}."),
         "",
         "| N | ours fwd | ours fwd+bwd (kernel) | ours fwd+bwd (jax) | gsplat fwd | gsplat fwd+bwd | fwd ratio | "
         "fwd+bwd ratio |",

@@ -36,6 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from zerohsi_jax.devices import SeedMesh, choose_devices
 from zerohsi_jax.metrics.ground_truth import body_joints, ground_truth_errors, mpjpe
 from zerohsi_jax.reconstruct import Observations, paper_schedule, quick_schedule
 from zerohsi_jax.reconstruct.hsi_fit import scene_renderer
@@ -49,7 +50,6 @@ from zerohsi_jax.reconstruct.pipeline import (
     start_or_resume,
 )
 from zerohsi_jax.reconstruct.state import SCENE_GROUP, moving_gaussians
-from zerohsi_jax.devices import SeedMesh, choose_devices
 from zerohsi_jax.synthetic.instances import build_demo_scene, noisy_estimates
 
 TERMS = {"camera": CAMERA_TERMS, "hsi": HSI_TERMS, "refine": REFINE_TERMS}

@@ -17,7 +17,6 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import optax
-
 from jaxtyping import Array, Int
 
 from ..avatar.model import NETWORKS, AvatarMaps
