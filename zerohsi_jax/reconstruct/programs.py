@@ -164,12 +164,6 @@ def hsi_program(shared: Shared, batch: HSIBatch, settings: HSISettings) -> Fitte
 
 
 @eqx.filter_jit
-def hsi_frames_program(shared: Shared, batch: HSIBatch, settings: HSISettings) -> FittedFrame:
-    """Stage 2 for many frames of every seed at once (frame-parallel mode): (seeds, frames, ...)."""
-    return eqx.filter_vmap(eqx.filter_vmap(lambda b: _fit_one(shared, b, settings)))(batch)
-
-
-@eqx.filter_jit
 def initial_depth_program(shared: Shared, states: FrameState, object_masks: Float[Array, "S H W"],
                           settings: RenderSettings) -> InitialDepth:
     """D_O^0 (eq. 12): mean rendered depth of frame 0 inside the object's mask, per seed."""
@@ -205,7 +199,6 @@ __all__ = [
     "RenderSettings",
     "Shared",
     "camera_program",
-    "hsi_frames_program",
     "hsi_program",
     "initial_depth_program",
     "refine_program",
