@@ -162,4 +162,4 @@ def test_levers_run_in_the_pipeline(tiny_demo):
         pipeline.measure_moving_pairs = real
     assert np.all(np.isfinite(out.human_stage2.body_pose))
     assert real(d.inputs, d.initial, d.raster) > 0
-    assert any("bound render's buffer" in s for s in said) or int(d.raster.pair_capacity) <= 1024
+    assert any("bound render's buffer" in s for s in said), said

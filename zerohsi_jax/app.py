@@ -108,7 +108,7 @@ def load_assets(cfg: RunConfig, *, render_size=None) -> Assets:
 def render_initial_state(assets: Assets, camera, background):
     """R(G_H^0, G_O^0, G_S; T_0) with group masks (eq. 9 at frame 0), over `background` (the run's
     `reconstruct.background`: the fit must see the background the video generator saw)."""
-    pose = assets.initial.object_pose or ObjectPose(jnp.eye(3), jnp.zeros(3))
+    pose = assets.initial.object_pose_or_identity()
     g = compose_gaussians(assets.avatar, assets.initial.human, assets.object, pose, assets.scene, camera.position)
     raster = fit_capacity(g, camera)
     return render(g, camera, jnp.asarray(background, jnp.float32), num_groups=3, config=raster)

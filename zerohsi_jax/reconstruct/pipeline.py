@@ -74,6 +74,12 @@ class InitialState:
     human: HumanPose
     object_pose: ObjectPose | None = None
 
+    def object_pose_or_identity(self) -> ObjectPose:
+        """P_0, or the identity for a static scenario (no object: its pose is carried unused)."""
+        if self.object_pose is not None:
+            return self.object_pose
+        return ObjectPose(jnp.eye(3, dtype=jnp.float32), jnp.zeros(3, jnp.float32))
+
 
 @dataclasses.dataclass
 class Reconstruction:
@@ -195,7 +201,7 @@ def measure_raster_config(inputs: SceneInputs, initial: InitialState, cfg: Recon
     base = RasterConfig()
     if cfg.tile_capacity is not None:
         return base.with_capacity(tile_capacity=cfg.tile_capacity)
-    obj_pose = initial.object_pose or ObjectPose(jnp.eye(3), jnp.zeros(3))
+    obj_pose = initial.object_pose_or_identity()
     g = compose_gaussians(inputs.avatar, initial.human, inputs.object, obj_pose, inputs.scene,
                           inputs.camera.position)
     return fit_capacity(g, inputs.camera, base, headroom=headroom)
@@ -206,7 +212,7 @@ def measure_moving_pairs(inputs: SceneInputs, initial: InitialState, raster: Ras
     """The bound render's buffer of moving pairs (`HSIFitConfig.bind_scene`): the pairs of the
     avatar and object on the initial frame, with room for the motion; grown like the other
     capacities when a frame needs more."""
-    obj_pose = initial.object_pose or ObjectPose(jnp.eye(3), jnp.zeros(3))
+    obj_pose = initial.object_pose_or_identity()
     human = initial.human
     human_g = inputs.avatar(human.global_orient, human.body_pose, human.transl, inputs.camera.position)
     moving = moving_gaussians(human_g, inputs.object, obj_pose)
@@ -579,7 +585,7 @@ def start_or_resume(run: _Run, initial: InitialState, raster: RasterConfig, resu
         if run.progress:
             run.log(f"resuming {folder.root} after frame {t_done}")
         return Fitted(states, t_done + 1, raster, timings, losses)
-    object0 = initial.object_pose or ObjectPose(jnp.eye(3, dtype=jnp.float32), jnp.zeros(3, jnp.float32))
+    object0 = initial.object_pose_or_identity()
     state0 = FrameState(run.inputs.camera.viewmat, initial.human, object0, run.color0, jnp.zeros(()))
     state0 = _broadcast_seeds(state0, n_seeds)
     state0 = eqx.tree_at(lambda s: s.opt_state, state0, opt_state0, is_leaf=lambda x: x is None)
