@@ -137,6 +137,7 @@ def test_nan_stops_the_run_naming_frame_stage_and_term(problem, tmp_path):
     assert not (tmp_path / "b" / "frames" / "frame_0001.npz").exists()
 
 
+@pytest.mark.slow(seconds=105)
 def test_a_user_loss_term_needs_no_optimiser_change(problem, single_runs):
     """A new HSI term is a function of the context plus a weight in the config."""
     target = float(single_runs[0].human_stage2.transl[0, -1, 1]) + 0.05
@@ -202,7 +203,7 @@ def test_output_parameters_drive_smplx_with_the_subjects_shape(problem, tmp_path
     np.testing.assert_allclose(out.joints.detach().numpy(), np.asarray(ours.joints), atol=1e-5)
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=170)
 def test_enough_iterations_recover_the_motion(tiny_demo):
     """Fitted with enough iterations, a small generated instance ends well below what the fit
     started from: the body below the noisy per-frame estimates, the root, camera and object below
@@ -241,6 +242,7 @@ def test_enough_iterations_recover_the_motion(tiny_demo):
 # ------------------------------------------------ run folders that never lie (issue 12)
 
 
+@pytest.mark.slow(seconds=230)
 def test_too_small_capacities_are_grown_and_the_frame_redone(problem, single_runs):
     """Capacities are static inside the compiled programs: a stage whose renders drop pairs is
     redone with grown capacities, said in one line, and the result is the ample-capacity run's."""
@@ -259,6 +261,23 @@ def test_too_small_capacities_are_grown_and_the_frame_redone(problem, single_run
         np.testing.assert_allclose(getattr(result.human, name), getattr(full.human, name), atol=1e-4, err_msg=name)
 
 
+def test_measured_capacities_keep_larger_ones_given(tiny_demo):
+    """`measure_raster_config(at_least=...)` (a continuation's previous capacities): each capacity is
+    the larger of the measured and the given one, the bound scene's moving-pair buffer included."""
+    from zerohsi_jax.reconstruct.pipeline import measure_moving_pairs, measure_raster_config
+    from zerohsi_jax.splat import RasterConfig
+
+    d = tiny_demo
+    cfg = dataclasses.replace(CFG, hsi=dataclasses.replace(CFG.hsi, bind_scene=True))
+    measured = measure_raster_config(d.inputs, d.initial, cfg)
+    assert measured.dynamic_pair_capacity == measure_moving_pairs(d.inputs, d.initial, measured)
+    given = RasterConfig(tile_capacity=measured.tile_capacity * 2, pair_capacity=16, dynamic_pair_capacity=16)
+    kept = measure_raster_config(d.inputs, d.initial, cfg, at_least=given)
+    assert (kept.tile_capacity, kept.pair_capacity, kept.dynamic_pair_capacity) == (
+        given.tile_capacity, measured.pair_capacity, measured.dynamic_pair_capacity)
+    assert measure_raster_config(d.inputs, d.initial, CFG).dynamic_pair_capacity is None  # no bound scene
+
+
 def test_overflow_policies_act_after_each_program():
     """'grow' gives capacities that hold what the renders needed, 'drop' warns and keeps the
     capacities, 'error' raises naming the capacities to set."""
@@ -266,7 +285,7 @@ def test_overflow_policies_act_after_each_program():
     from zerohsi_jax.reconstruct.state import RasterCounts
     from zerohsi_jax.splat import RasterConfig, RasterOverflowError
 
-    counts = RasterCounts(np.array([0, 9]), np.array([20, 40]), np.array([900, 3000]))  # two seeds
+    counts = RasterCounts(np.array([0, 9]), np.array([20, 40]), np.array([900, 3000]), np.zeros(2))  # two seeds
     raster = RasterConfig(tile_capacity=16, pair_capacity=1024)
     said = []
     grown = _grown_raster(raster, counts, "frame 4 (HSI fit)", said.append)
@@ -279,6 +298,17 @@ def test_overflow_policies_act_after_each_program():
     with pytest.raises(RasterOverflowError, match=f"frame 4: 9 .*set tile_capacity={grown.tile_capacity}"):
         _grown_raster(dataclasses.replace(raster, overflow="error"), counts, "frame 4", said.append)
     assert len(said) == 1
+
+    # A bound scene's buffer of moving pairs (HSIFitConfig.bind_scene) grows from its own count: a
+    # frame short of it alone is redone with the other capacities unchanged, and the error names it.
+    bound = raster.with_capacity(tile_capacity=64, pair_capacity=4096, dynamic_pair_capacity=512)
+    short = counts._replace(dynamic_pairs=np.array([300, 700]))
+    grown = _grown_raster(bound, short, "frame 5 (HSI fit)", said.append)
+    assert (grown.tile_capacity, grown.pair_capacity) == (64, 4096) and grown.dynamic_pair_capacity >= 700
+    assert said[-1].endswith(f"redone with tile_capacity=64, pair_capacity=4096, "
+                             f"dynamic_pair_capacity={grown.dynamic_pair_capacity}")
+    with pytest.raises(RasterOverflowError, match=f"dynamic_pair_capacity={grown.dynamic_pair_capacity}"):
+        _grown_raster(dataclasses.replace(bound, overflow="error"), short, "frame 5", said.append)
 
 
 def test_a_rerun_with_other_inputs_is_refused_naming_them(problem, tmp_path):

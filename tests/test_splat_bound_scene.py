@@ -5,6 +5,7 @@ The programs are few and shared (fixed shapes, one config per purpose, the bind 
 its entry count is static) because compiling them is most of this file's time."""
 
 import dataclasses
+import types
 
 import equinox as eqx
 import jax
@@ -20,6 +21,7 @@ from zerohsi_jax.splat import (
     bind_static,
     fit_bound_capacity,
     fit_capacity,
+    grown_capacity,
     merge_pairs_into_tile_lists,
     render,
     render_bound,
@@ -166,6 +168,16 @@ def test_overflow_counts_match_the_full_render(seed):
     assert dynamic_pairs > 16
     assert overflow == dynamic_pairs - 16
     assert num_pairs == int(ref.num_pairs) and max_tile_count == int(ref.max_tile_count)
+
+    # The same short buffer as `dynamic_pair_capacity`, beside a pair capacity for full renders: it
+    # sizes the dynamic buffer, and `grown_capacity` grows it (alone) from the dynamic count.
+    beside = dataclasses.replace(CFG, dynamic_pair_capacity=16)
+    assert int(_bound_counts(bound, dynamic, cam, beside)[0]) == overflow
+    counts = types.SimpleNamespace(max_tile_count=max_tile_count, num_pairs=num_pairs, dynamic_pairs=dynamic_pairs)
+    grown = grown_capacity(beside, counts)
+    assert (grown.tile_capacity, grown.pair_capacity) == (CFG.tile_capacity, CFG.pair_capacity)
+    assert grown.dynamic_pair_capacity >= dynamic_pairs
+    assert int(_bound_counts(bound, dynamic, cam, grown)[0]) == 0
 
 
 def test_eager_bind_measures_and_compacts():

@@ -34,7 +34,7 @@ from .reconstruct.run_files import DamagedRunFileError, RunFolder, command_outpu
 from .reconstruct.state import SceneInputs, compose_gaussians
 from .run_config import RunConfig, load_checked_config, load_run_config, run_config_to_dict, with_absolute_paths
 from .segment import segment_reference_video
-from .splat import Camera, fit_capacity, load_ply, render
+from .splat import Camera, RasterConfig, fit_capacity, load_ply, render
 from .synthetic import synthetic_smplx_path
 from .synthetic.motion import standing_pose
 from .synthetic.pose_prior import synthetic_pose_prior
@@ -232,20 +232,21 @@ def segment_command(config_path) -> list[Path]:
 
 
 def reconstruct_command(config_path, *, seeds: int | None = None, resume: bool = True, redo_from: int | None = None,
-                        devices: int | None = None):
+                        devices: int | None = None, capacities: RasterConfig | None = None):
     """Run the three stages on the config's videos (the first `seeds` of them, batched, split over
     `devices` of this process: default all). The run folder is `<output>/run`; its pictures are
-    written before it is marked complete (by process 0 in a multi-process run)."""
+    written before it is marked complete (by process 0 in a multi-process run). `capacities`: the
+    rasterizer capacities to keep where they suffice (`measure_raster_config(at_least=...)`)."""
     cfg = load_checked_config(config_path, "reconstruct")
     count = len(cfg.video.paths) if seeds is None else seeds
     if not 1 <= count <= len(cfg.video.paths):
         raise InputError(f"--seeds {seeds}: the config lists {len(cfg.video.paths)} video(s)")
     with command_output(cfg.path(cfg.output), f"reconstruct {config_path}") as out:
-        return _reconstruct_into(out, cfg, count, resume, redo_from, devices)
+        return _reconstruct_into(out, cfg, count, resume, redo_from, devices, capacities)
 
 
 def _reconstruct_into(out: Path, cfg: RunConfig, count: int, resume: bool, redo_from: int | None,
-                      devices: int | None = None):
+                      devices: int | None = None, capacities: RasterConfig | None = None):
     assets = load_assets(cfg)
     per_video = [_video_masks(cfg, assets, i, out, assets.camera) for i in range(count)]
     lengths = [len(v.frames) for v in per_video]
@@ -271,7 +272,7 @@ def _reconstruct_into(out: Path, cfg: RunConfig, count: int, resume: bool, redo_
         pose_estimates=estimates,
     )
     inputs = SceneInputs(assets.scene, assets.object, assets.avatar, assets.body, camera)
-    raster = measure_raster_config(inputs, assets.initial, cfg.reconstruct)
+    raster = measure_raster_config(inputs, assets.initial, cfg.reconstruct, at_least=capacities)
 
     def on_start():
         # The run folder holds this config's problem (or was cleared for it): the config may go beside it.
@@ -338,11 +339,11 @@ def continue_command(run_dir, *, video: str | None = None, masks: str | None = N
         viewmats = _read_result(results / "camera_viewmats.npy", np.load)
     with command_output(nxt, f"continue {run_dir}"):
         return _continue_into(run_dir, nxt, cfg, params, objects, viewmats, video, masks, pose_estimates, seed,
-                              resume, devices)
+                              resume, devices, completion.get("raster"))
 
 
 def _continue_into(run_dir, nxt, cfg, params, objects, viewmats, video, masks, pose_estimates, seed, resume,
-                   devices=None):
+                   devices=None, capacities: dict | None = None):
     atomic_write(nxt / "initial_body_pose.npy", lambda tmp: np.save(tmp, params["body_pose"][-1]))
     cam = json.loads(cfg.path(cfg.camera).read_text())
     cam.update({"viewmat": viewmats[-1].tolist()})
@@ -374,7 +375,9 @@ def _continue_into(run_dir, nxt, cfg, params, objects, viewmats, video, masks, p
         print(f"continue: generate the next clip from {init_frame} and the prompt, then run\n"
               f"  zerohsi-jax continue {run_dir} --video NEXT_CLIP.mp4")
         return None
-    reconstruct_command(config_path, seeds=1, resume=resume, devices=devices)
+    # The previous clip's capacities where they suffice: its compiled programs then serve this clip.
+    previous = RasterConfig().with_capacity(**capacities) if capacities else None
+    reconstruct_command(config_path, seeds=1, resume=resume, devices=devices, capacities=previous)
     chained = _chain(run_dir, nxt, seed)
     print(f"continue: chained motion of {len(chained['transl'])} frames in {nxt / 'chained_smplx_params.npz'}")
     return chained

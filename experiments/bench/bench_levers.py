@@ -84,9 +84,11 @@ def start_runs(demo, obs, base, configs: dict):
         cfg = dataclasses.replace(base, hsi=dataclasses.replace(base.hsi, **levers),
                                   refine=dataclasses.replace(base.refine, enabled=False))
         run = _prepare_run(demo.inputs, obs, cfg, TERMS, None, False, print, SeedMesh.of(choose_devices(1)))
+        raster = demo.raster
         if cfg.hsi.bind_scene:
-            run.capacities["moving_pairs"] = measure_moving_pairs(demo.inputs, demo.initial, demo.raster)
-        fitted = start_or_resume(run, demo.initial, demo.raster, resume=False)
+            raster = raster.with_capacity(
+                dynamic_pair_capacity=measure_moving_pairs(demo.inputs, demo.initial, demo.raster))
+        fitted = start_or_resume(run, demo.initial, raster, resume=False)
         runs[name] = [run, fitted.states, fitted.raster]
     return runs
 
@@ -167,10 +169,10 @@ def part_functions(demo, hsi_frame: int = 1):
     }
     obj_pose = jax.tree.map(lambda x: jnp.asarray(x[t]), truth.object_poses)
     moving = moving_gaussians(avatar(*pose, cam_pos), inputs.object, obj_pose)
-    moving_pairs = measure_moving_pairs(inputs, demo.initial, demo.raster)
+    raster = demo.raster.with_capacity(dynamic_pair_capacity=measure_moving_pairs(inputs, demo.initial, demo.raster))
     scene = inputs.scene.with_group(SCENE_GROUP)
     for label, bind in (("renderer, full (moving + scene)", False), ("renderer, scene bound once", True)):
-        render_moving, _ = scene_renderer(scene, camera, demo.raster, background, bind, moving_pairs)
+        render_moving, _ = scene_renderer(scene, camera, raster, background, bind)
 
         def render_loss(g, render_moving=render_moving):
             out = render_moving(g)

@@ -51,7 +51,7 @@ def track_camera(scene: Gaussians, camera: Camera, viewmat_prev, frame, backgrou
         objective = Objective.of(CAMERA_TERMS, cfg.loss_weights)
     if not cfg.enabled or cfg.iterations == 0:
         zero = jnp.zeros((1,), frame.dtype)
-        return CameraFit(viewmat_prev, zero, {k: zero for k in objective.names}, RasterCounts(*(jnp.int32(0),) * 3))
+        return CameraFit(viewmat_prev, zero, {k: zero for k in objective.names}, RasterCounts.zero())
     opt = optax.adam(cfg.learning_rate)
 
     def moved(delta):

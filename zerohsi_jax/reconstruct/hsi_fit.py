@@ -77,27 +77,26 @@ def render_frame(avatar, human: HumanPose, obj: Gaussians | None, object_pose: O
     return render(g, camera, background, num_groups=NUM_GROUPS, config=raster)
 
 
-def scene_renderer(scene: Gaussians, camera: Camera, raster: RasterConfig, background, bind: bool,
-                   moving_pairs: int | None = None) -> tuple[Callable[[Gaussians], RenderOutput], Int[Array, ""]]:
+def scene_renderer(scene: Gaussians, camera: Camera, raster: RasterConfig, background, bind: bool
+                   ) -> tuple[Callable[[Gaussians], RenderOutput], Int[Array, ""]]:
     """Eq. 9's renderer for a fixed camera, as a function of the moving Gaussians (avatar and
     object, groups 0 and 1), and the scene's share of a render's tile-Gaussian pairs. With `bind`,
     the static scene is projected, coloured, binned and rendered alone here, once; each render then
     merges the moving Gaussians into the tile lists they reach and composites those tiles only,
     the others keeping the scene's render (`bind_static`, `render_static`, `render_bound`; equal
     to the full render up to round-off, and so is the pose gradient), the moving pairs in a buffer
-    of `moving_pairs` (default: the whole render's pair capacity); without, the scene is rendered
-    with them every time (and its share counted as 0)."""
+    of `raster.dynamic_pair_capacity` (default: the whole render's pair capacity); without, the
+    scene is rendered with them every time (and its share counted as 0)."""
     scene = scene.with_group(SCENE_GROUP)
     if not bind:
         full = lambda moving: render(Gaussians.concatenate([moving, scene]), camera, background,  # noqa: E731
                                      num_groups=NUM_GROUPS, config=raster)
         return full, jnp.zeros((), jnp.int32)
     bound = bind_static(scene, camera, raster)
-    moving_raster = raster.with_capacity(pair_capacity=moving_pairs) if moving_pairs else raster
     # Tiles the avatar and object do not reach show the scene alone: rendered here, once.
-    static = render_static(bound, background, num_groups=NUM_GROUPS, config=moving_raster)
+    static = render_static(bound, background, num_groups=NUM_GROUPS, config=raster)
     merged = lambda moving: render_bound(bound, moving, camera, background, num_groups=NUM_GROUPS,  # noqa: E731
-                                         config=moving_raster, static=static)
+                                         config=raster, static=static)
     return merged, bound.num_pairs
 
 
@@ -137,7 +136,6 @@ class FrameFit(NamedTuple):
     losses: jax.Array  # (iterations,)
     terms: dict  # name -> (iterations,)
     raster_counts: RasterCounts  # pairs dropped, and what the largest render needed
-    moving_pairs: jax.Array  # the most tile-Gaussian pairs of the avatar and object in one render
 
 
 def frame_parameters(human: HumanPose, color, dtype=jnp.float32) -> dict:
@@ -153,19 +151,19 @@ def frame_parameters(human: HumanPose, color, dtype=jnp.float32) -> dict:
 def fit_frame(avatar_rest, color, human_init: HumanPose, object_prev: ObjectPose, obj: Gaussians | None,
               scene: Gaussians, camera: Camera, frame, human_mask, object_mask, object_depth0,
               cfg: HSIFitConfig, raster: RasterConfig, background, objective: Objective | None = None,
-              opt_state=None, moving_pairs: int | None = None) -> FrameFit:
+              opt_state=None) -> FrameFit:
     """Fit frame t, with a fresh Adam, or continuing `opt_state` (the previous frame's, when
     `cfg.adam_state` is 'carry'; its warm-up and colour schedules restart). `objective` defaults
     to `HSI_TERMS` with the config's weights. The levers of the config (`network_every`,
-    `network_dtype`, `bind_scene`; `moving_pairs` sizes the bound render's buffer of moving pairs)
-    change how each iteration is computed, not what it optimises."""
+    `network_dtype`, `bind_scene`, whose buffer of moving pairs `raster.dynamic_pair_capacity`
+    sizes) change how each iteration is computed, not what it optimises."""
     if objective is None:
         objective = Objective.of(HSI_TERMS, cfg.loss_weights)
     opt = hsi_optimizer(cfg, obj is not None)
     params = frame_parameters(human_init, color, frame.dtype)
     if opt_state is not None:
         opt_state = restart_gates(opt_state)
-    render_moving, scene_pairs = scene_renderer(scene, camera, raster, background, cfg.bind_scene, moving_pairs)
+    render_moving, scene_pairs = scene_renderer(scene, camera, raster, background, cfg.bind_scene)
     amortised = cfg.network_every != 1
 
     def loss_fn(p, held=None, kind: int = ALL_NETWORKS):
@@ -181,7 +179,8 @@ def fit_frame(avatar_rest, color, human_init: HumanPose, object_prev: ObjectPose
         ctx = HSIContext(out, frame, human_mask, object_mask, out.group_masks[..., OBJECT_GROUP],
                          object_depth0, cfg.ssim_weight, human, object_pose, cfg.l2_kind)
         total, values = objective(ctx)
-        aux = (values, RasterCounts.of(out), out.num_pairs)
+        # The render's pairs less the scene's: what the bound render's moving-pair buffer had to hold.
+        aux = (values, RasterCounts.of(out, out.num_pairs - scene_pairs if cfg.bind_scene else None))
         return (total, (aux, held)) if amortised else (total, aux)
 
     if amortised:
@@ -194,8 +193,7 @@ def fit_frame(avatar_rest, color, human_init: HumanPose, object_prev: ObjectPose
                             branch=lambda step: network_step_kind(step, cfg))
     else:
         fit = scan_minimize(loss_fn, params, opt, cfg.iterations, opt_state=opt_state)
-    params, (values, counts, pairs) = fit.params, fit.aux
+    params, (values, counts) = fit.params, fit.aux
     human = HumanPose(params["root"]["transl"], params["root"]["global_orient"], params["pose"])
-    # The render's pairs less the scene's: what the bound render's moving-pair buffer had to hold.
     return FrameFit(human, object_prev.compose_relative(params["object"]), params["color"], fit.opt_state,
-                    fit.losses, values, counts.largest(), jnp.max(pairs) - scene_pairs)
+                    fit.losses, values, counts.largest())

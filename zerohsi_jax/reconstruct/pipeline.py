@@ -196,28 +196,44 @@ def _check_config(cfg: ReconstructConfig, terms: Mapping[str, Mapping]):
 
 
 def measure_raster_config(inputs: SceneInputs, initial: InitialState, cfg: ReconstructConfig,
-                          headroom: float = 2.0) -> RasterConfig:
-    """Tile and pair capacities measured on the initial frame, with room for the motion."""
+                          headroom: float = 2.0, at_least: RasterConfig | None = None) -> RasterConfig:
+    """Tile and pair capacities measured on the initial frame, with room for the motion (and the
+    moving-pair buffer of a bound scene, `measure_moving_pairs`). `at_least`: capacities to keep
+    where they suffice, e.g. the previous clip's in a continuation: the capacities are static in
+    the compiled programs, so an unchanged config loads them from the compilation cache instead of
+    compiling the pipeline again."""
     base = RasterConfig()
     if cfg.tile_capacity is not None:
         return base.with_capacity(tile_capacity=cfg.tile_capacity)
     obj_pose = initial.object_pose_or_identity()
-    g = compose_gaussians(inputs.avatar, initial.human, inputs.object, obj_pose, inputs.scene,
-                          inputs.camera.position)
-    return fit_capacity(g, inputs.camera, base, headroom=headroom)
+    # Compiled, not run op by op: eagerly, the avatar's networks cost hundreds of small compilations.
+    g = eqx.filter_jit(compose_gaussians)(inputs.avatar, initial.human, inputs.object, obj_pose, inputs.scene,
+                                          inputs.camera.position)
+    raster = fit_capacity(g, inputs.camera, base, headroom=headroom)
+    if cfg.hsi.bind_scene:
+        raster = raster.with_capacity(dynamic_pair_capacity=measure_moving_pairs(inputs, initial, raster, headroom))
+    if at_least is None:
+        return raster
+    larger = lambda name: max(v for v in (getattr(raster, name), getattr(at_least, name)) if v is not None)  # noqa: E731
+    return raster.with_capacity(tile_capacity=larger("tile_capacity"), pair_capacity=larger("pair_capacity"),
+                                dynamic_pair_capacity=larger("dynamic_pair_capacity")
+                                if raster.dynamic_pair_capacity is not None else None)
 
 
 def measure_moving_pairs(inputs: SceneInputs, initial: InitialState, raster: RasterConfig,
                          headroom: float = 2.0) -> int:
-    """The bound render's buffer of moving pairs (`HSIFitConfig.bind_scene`): the pairs of the
-    avatar and object on the initial frame, with room for the motion; grown like the other
-    capacities when a frame needs more."""
+    """The bound render's buffer of moving pairs (`HSIFitConfig.bind_scene`,
+    `RasterConfig.dynamic_pair_capacity`): the pairs of the avatar and object on the initial frame,
+    with room for the motion; grown like the other capacities when a frame needs more."""
     obj_pose = initial.object_pose_or_identity()
-    human = initial.human
-    human_g = inputs.avatar(human.global_orient, human.body_pose, human.transl, inputs.camera.position)
-    moving = moving_gaussians(human_g, inputs.object, obj_pose)
-    fitted = fit_capacity(moving, inputs.camera, dataclasses.replace(raster, tile_capacity=None, pair_capacity=None),
-                          headroom=headroom)
+
+    @eqx.filter_jit
+    def posed(avatar, human, obj, obj_pose, camera_position):
+        return moving_gaussians(avatar(human.global_orient, human.body_pose, human.transl, camera_position), obj,
+                                obj_pose)
+
+    moving = posed(inputs.avatar, initial.human, inputs.object, obj_pose, inputs.camera.position)
+    fitted = fit_capacity(moving, inputs.camera, raster.without_capacities(), headroom=headroom)
     return int(fitted.pair_capacity)
 
 
@@ -259,7 +275,7 @@ def run_manifest(inputs: SceneInputs, observations: Observations, initial: Initi
     run started on one device resumes on four."""
     obs = observations
     if raster.overflow != "drop":
-        raster = dataclasses.replace(raster, tile_capacity=None, pair_capacity=None)
+        raster = raster.without_capacities()
     values = {
         "frames": obs.frames,
         "human_masks": obs.human_masks,
@@ -307,12 +323,10 @@ def _grown_raster(raster: RasterConfig, counts: RasterCounts, where: str, say) -
     if raster.overflow == "drop":
         _warn_overflow(where, dropped, raster, grown)
         return None
-    shortfall = (f"{where}: {dropped} tile-Gaussian pairs did not fit tile_capacity={raster.tile_capacity}, "
-                 f"pair_capacity={raster.pair_capacity}")
+    shortfall = f"{where}: {dropped} tile-Gaussian pairs did not fit {raster.capacity_text()}"
     if raster.overflow == "error":
-        raise RasterOverflowError(f"{shortfall} (RasterConfig overflow='error'); set tile_capacity="
-                                  f"{grown.tile_capacity}, pair_capacity={grown.pair_capacity}")
-    say(f"{shortfall}; redone with tile_capacity={grown.tile_capacity}, pair_capacity={grown.pair_capacity}")
+        raise RasterOverflowError(f"{shortfall} (RasterConfig overflow='error'); set {grown.capacity_text()}")
+    say(f"{shortfall}; redone with {grown.capacity_text()}")
     return grown
 
 
@@ -329,9 +343,9 @@ def _until_it_fits(run, raster: RasterConfig, where: str, say):
 
 def _warn_overflow(where, overflow, raster, grown):
     warnings.warn(
-        f"{where}: the rasterizer dropped {overflow} tile-Gaussian pairs (tile_capacity {raster.tile_capacity}, "
-        f"pair_capacity {raster.pair_capacity}, RasterConfig overflow='drop'); the fit saw an incomplete render. "
-        f"Set tile_capacity={grown.tile_capacity}, pair_capacity={grown.pair_capacity}, or leave overflow at "
+        f"{where}: the rasterizer dropped {overflow} tile-Gaussian pairs ({raster.capacity_text()}, "
+        f"RasterConfig overflow='drop'); the fit saw an incomplete render. "
+        f"Set {grown.capacity_text()}, or leave overflow at "
         "'grow' to have the frame redone with capacities that fit.",
         RuntimeWarning,
         stacklevel=4,
@@ -418,8 +432,8 @@ def fit_seeds(inputs: SceneInputs, observations: Observations, initial: InitialS
     device count and the padding cut off again), writing each frame into `folder` (resuming what
     it holds when `resume`); the results are not written."""
     run = _prepare_run(inputs, observations, cfg, terms, folder, progress, log, mesh)
-    if cfg.hsi.bind_scene:
-        run.capacities["moving_pairs"] = measure_moving_pairs(inputs, initial, raster)
+    if cfg.hsi.bind_scene and raster.dynamic_pair_capacity is None:
+        raster = raster.with_capacity(dynamic_pair_capacity=measure_moving_pairs(inputs, initial, raster))
     fitted = start_or_resume(run, initial, raster, resume)
     fitted = _fit_frames_sequentially(run, fitted)
     if fitted.next_frame < run.n_frames:
@@ -466,8 +480,6 @@ class _Run:
     seeds: int
     """The seeds of the run; `obs` and every state hold them padded to `n_seeds`, a multiple of the
     device count (`devices.pad_leading`), and `real` cuts the padding off again."""
-    capacities: dict = dataclasses.field(default_factory=dict)
-    """Capacities grown during the run besides the rasterizer's: 'moving_pairs' with a bound scene."""
 
     @property
     def n_seeds(self) -> int:
@@ -501,8 +513,7 @@ class _Run:
         return CameraSettings(self.cfg.camera, self.render_settings(raster), self.objectives["camera"])
 
     def hsi_settings(self, raster: RasterConfig) -> HSISettings:
-        return HSISettings(self.cfg.hsi, self.render_settings(raster), self.objectives["hsi"], self.use_estimates,
-                           self.capacities.get("moving_pairs"))
+        return HSISettings(self.cfg.hsi, self.render_settings(raster), self.objectives["hsi"], self.use_estimates)
 
     def call(self, program, *args, seeds: tuple, batch_axes: int = 1):
         """`program(*args)` on the devices (`SeedMesh.call`; `seeds` marks the seed-leading arguments)."""
@@ -645,9 +656,7 @@ def fit_one_frame(run: _Run, prev: FrameState, t: int, raster: RasterConfig, *, 
 def _hsi_run(run: _Run, states: FrameState, viewmats, frames: slice | int):
     """Stage 2 on `frames` (one frame t, or a slice of frames fitted in parallel) as a function of
     the capacities. In parallel, the real seeds' seeds x frames fits are one batch of independent
-    fits (`hsi_program` over their items), split over the devices as one axis. A bound scene's
-    buffer of moving pairs that was too small is grown here (its overflow is counted with the
-    others, so `_until_it_fits` runs the frame again)."""
+    fits (`hsi_program` over their items), split over the devices as one axis."""
     parallel = isinstance(frames, slice)
 
     def go(r):
@@ -657,13 +666,6 @@ def _hsi_run(run: _Run, states: FrameState, viewmats, frames: slice | int):
         out = run.call(hsi_program, run.shared, batch, run.hsi_settings(r), seeds=(False, True, False),
                        batch_axes=2 if parallel else 1)
         jax.block_until_ready(out.state.viewmat)
-        held = run.capacities.get("moving_pairs")
-        need = int(np.max(np.asarray(out.moving_pairs)))
-        if held is not None and need > held:
-            grown = grown_capacity(RasterConfig(), (0, need)).pair_capacity
-            run.log(f"frames {frames}: the avatar and object made {need} tile-Gaussian pairs, more than the bound "
-                    f"render's buffer of {held}; redone with {grown}")
-            run.capacities["moving_pairs"] = grown
         return out
 
     return go
@@ -843,7 +845,8 @@ def write_results(folder: RunFolder, result: Reconstruction, *, gender: str = "n
         "num_betas": int(np.asarray(result.betas).size),
         "frame_rate": None if frame_rate is None else float(frame_rate),
         "raster": None if raster is None else {"tile_capacity": raster.tile_capacity,
-                                               "pair_capacity": raster.pair_capacity},
+                                               "pair_capacity": raster.pair_capacity,
+                                               "dynamic_pair_capacity": raster.dynamic_pair_capacity},
         "devices": result.devices,
     })
 

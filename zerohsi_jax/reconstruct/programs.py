@@ -61,8 +61,6 @@ class HSISettings(eqx.Module):
     render: RenderSettings
     objective: Objective = eqx.field(static=True)
     use_estimates: bool = eqx.field(static=True)
-    moving_pairs: int | None = eqx.field(static=True, default=None)
-    """With `cfg.bind_scene`: the pair buffer of the avatar's and object's Gaussians per render."""
 
 
 class RefineSettings(eqx.Module):
@@ -118,8 +116,6 @@ class FittedFrame(NamedTuple):
     losses: Float[Array, "*b iterations"]
     terms: dict[str, Float[Array, "*b iterations"]]
     raster_counts: RasterCounts
-    moving_pairs: Float[Array, "*b"]
-    """The most pairs the avatar and object made in one render (what `HSISettings.moving_pairs` must hold)."""
 
 
 class InitialDepth(NamedTuple):
@@ -150,11 +146,11 @@ def _fit_one(shared: Shared, b: HSIBatch, settings: HSISettings) -> FittedFrame:
         shared.avatar_rest, state.color, init, state.object, shared.object, shared.scene,
         shared.camera.with_viewmat(b.viewmat), b.frame, b.human_mask, b.object_mask, state.object_depth0, cfg,
         settings.render.raster, settings.render.background_array(), settings.objective,
-        state.opt_state if carry else None, settings.moving_pairs,
+        state.opt_state if carry else None,
     )  # fmt: skip
     state = FrameState(b.viewmat, fit.human, fit.object_pose, fit.color, state.object_depth0,
                        fit.opt_state if carry else None)
-    return FittedFrame(state, fit.losses, fit.terms, fit.raster_counts, fit.moving_pairs)
+    return FittedFrame(state, fit.losses, fit.terms, fit.raster_counts)
 
 
 @eqx.filter_jit

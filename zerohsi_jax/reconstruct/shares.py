@@ -159,10 +159,9 @@ def _largest_raster(raster: RasterConfig | None) -> RasterConfig | None:
     """The capacities that held in every process (each grows its own as its seeds need)."""
     if raster is None:
         return None
-    caps = gather_values([-1 if raster.tile_capacity is None else raster.tile_capacity,
-                          -1 if raster.pair_capacity is None else raster.pair_capacity]).max(axis=0)
-    return raster.with_capacity(tile_capacity=None if caps[0] < 0 else int(caps[0]),
-                                pair_capacity=None if caps[1] < 0 else int(caps[1]))
+    names = ("tile_capacity", "pair_capacity", "dynamic_pair_capacity")
+    caps = gather_values([-1 if getattr(raster, n) is None else getattr(raster, n) for n in names]).max(axis=0)
+    return raster.with_capacity(**{n: None if c < 0 else int(c) for n, c in zip(names, caps, strict=True)})
 
 
 __all__ = ["part_name", "reconstruct_shares"]

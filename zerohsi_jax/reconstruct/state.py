@@ -88,11 +88,21 @@ class RasterCounts(NamedTuple):
     overflow: jax.Array
     max_tile_count: jax.Array
     num_pairs: jax.Array
+    dynamic_pairs: jax.Array
+    """The avatar's and object's pairs alone, in a bound render (`HSIFitConfig.bind_scene`: what
+    `RasterConfig.dynamic_pair_capacity` must hold); 0 in a full render."""
 
     @classmethod
-    def of(cls, out) -> RasterCounts:
-        """The counts of one `RenderOutput`."""
-        return cls(out.overflow, out.max_tile_count, out.num_pairs)
+    def of(cls, out, dynamic_pairs=None) -> RasterCounts:
+        """The counts of one `RenderOutput` (and of its dynamic pairs, when bound)."""
+        if dynamic_pairs is None:
+            dynamic_pairs = jnp.zeros_like(out.num_pairs)
+        return cls(out.overflow, out.max_tile_count, out.num_pairs, dynamic_pairs)
+
+    @classmethod
+    def zero(cls) -> RasterCounts:
+        """The counts of a stage that rendered nothing."""
+        return cls(*(jnp.int32(0),) * 4)
 
     def largest(self) -> RasterCounts:
         """The largest of each count over every axis (a fit's iterations)."""

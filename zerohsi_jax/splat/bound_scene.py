@@ -29,9 +29,11 @@ depth_accum, features, group_masks) up to float32 round-off:
 Capacities and overflow. The merged list of a tile holds the first `config.tile_capacity` of the
 tile's scene and dynamic Gaussians in the order above, as `render`'s tile list does. Pair buffers
 are per part: the scene's pairs were written at bind into its own buffer (the bind config's
-`pair_capacity`), the dynamic pairs go into one of `config.pair_capacity` pairs each render (size it
-for the dynamic set alone, `fit_bound_capacity`; a buffer sized for the whole scene would make every
-render pay for the scene). The counts keep `render`'s definitions on the concatenation:
+`pair_capacity`), the dynamic pairs go into one of `config.pair_capacity` pairs each render, or of
+`config.dynamic_pair_capacity` when that is set (so that one config can also carry a full render's
+`pair_capacity`). Size it for the dynamic set alone (`fit_bound_capacity`): a buffer sized for the
+whole scene would make every render pay for the scene. The counts keep `render`'s definitions on
+the concatenation:
 - `num_pairs`: scene pairs + dynamic pairs (exact, whatever the capacities);
 - `max_tile_count`: the largest scene + dynamic count of one tile (exact);
 - `overflow`: `num_pairs` minus the pairs composited, i.e. every pair dropped, at bind (a scene tile
@@ -313,7 +315,8 @@ def render_bound(
     touched tiles only (the dynamic set's are exact), and neither set may carry `features`.
 
     `camera` must be the bound one (checked when called eagerly). `config.tile_capacity` is the
-    merged tile list's length; `config.pair_capacity` the dynamic set's pair buffer (see the
+    merged tile list's length; `config.dynamic_pair_capacity` (else `pair_capacity`) the dynamic
+    set's pair buffer (see the
     module docstring for the overflow counts; `fit_bound_capacity` measures both). Gradients flow
     to `dynamic` (and to `bound`'s arrays). jit-, vmap- and grad-able (`num_groups`, `config`
     static). Eagerly, capacities left at None are measured, and `config.overflow` acts as in
@@ -411,14 +414,19 @@ def render_static(bound: BoundScene, background: Float[Array, "3"] | None = None
     config = config or bound.config
     if bound.features is not None:
         raise ValueError("render_static: the bound scene has features; render_bound(static=...) takes none")
-    counts = jnp.minimum(bound.counts, config.tile_capacity)
-    bins = TileBins(ids=bound.ids[:, : config.tile_capacity], counts=counts,
-                    overflow=(bound.num_pairs - jnp.sum(counts)).astype(jnp.int32),
-                    max_tile_count=jnp.max(bound.tile_counts).astype(jnp.int32),
-                    num_pairs=bound.num_pairs.astype(jnp.int32))
+    bins = _tile_bins(bound.ids[:, : config.tile_capacity], jnp.minimum(bound.counts, config.tile_capacity),
+                      bound.num_pairs, bound.tile_counts)
     out = composite_binned(bound.means2d, bound.conics, bound.opacities, bound.colors, bound.depths, None,
                            bound.groups, bins, bound.camera, background, num_groups=num_groups, config=config)
     return jax.lax.stop_gradient(out)
+
+
+def _tile_bins(ids, counts, num_pairs, tile_counts_exact) -> TileBins:
+    """Tile lists holding `counts` of the `num_pairs` pairs (exact, whatever the capacities): what
+    is not in a list was dropped, and the largest exact tile count sizes a re-run."""
+    num_pairs = num_pairs.astype(jnp.int32)
+    return TileBins(ids=ids, counts=counts, overflow=(num_pairs - jnp.sum(counts)).astype(jnp.int32),
+                    max_tile_count=jnp.max(tile_counts_exact).astype(jnp.int32), num_pairs=num_pairs)
 
 
 def _with_static_tiles(out: RenderOutput, static: RenderOutput, touched: Array, camera: Camera,
@@ -447,7 +455,7 @@ def _render_bound_fixed(bound, dynamic, camera, background, num_groups: int, con
     tiles_x, tiles_y = tile_grid(width, height, config.tile_size)
     # The dynamic pairs stay a flat buffer, merged straight into the scene's lists: the
     # dynamic set is never laid out per tile at the full capacity.
-    pair_tiles, pair_gids, dyn_pairs, ranges, n_tiles = sorted_tile_pairs(proj, width, height, config)
+    pair_tiles, pair_gids, dyn_pairs, ranges, n_tiles = sorted_tile_pairs(proj, width, height, config.dynamic_config)
     dyn_tile_counts = tile_counts(ranges, n_tiles, tiles_x, tiles_y)
     m = bound.num_entries
     ids, counts = merge_pairs_into_tile_lists(
@@ -469,14 +477,7 @@ def _render_bound_fixed(bound, dynamic, camera, background, num_groups: int, con
     dyn_groups = dynamic.groups if dynamic.groups is not None else jnp.ones((n_dyn,), jnp.int32)
 
     cat = lambda a, b: jnp.concatenate([a.astype(dtype), b.astype(dtype)])  # noqa: E731
-    total_pairs = (bound.num_pairs + dyn_pairs).astype(jnp.int32)
-    bins = TileBins(
-        ids=ids,
-        counts=counts,
-        overflow=(total_pairs - jnp.sum(counts)).astype(jnp.int32),
-        max_tile_count=jnp.max(bound.tile_counts + dyn_tile_counts).astype(jnp.int32),
-        num_pairs=total_pairs,
-    )
+    bins = _tile_bins(ids, counts, bound.num_pairs + dyn_pairs, bound.tile_counts + dyn_tile_counts)
     if static is not None:
         if features is not None:
             raise ValueError("render_bound(static=...): neither set may carry features")
@@ -527,7 +528,8 @@ def fit_bound_capacity(
 ) -> RasterConfig:
     """`config` with capacities for `render_bound(bound, dynamic, camera, ...)`, times `headroom`:
     a tile capacity for the merged lists (largest scene + dynamic count of a tile) and a pair
-    capacity for the dynamic set alone. Eager (reads counts back to the host).
+    capacity for the dynamic set alone (also as `dynamic_pair_capacity` when `config` sets that).
+    Eager (reads counts back to the host).
 
     If the merged need exceeds the scene lists' length (`bound.ids.shape[1]`), scene pairs
     were already dropped at bind: bind again with this config. `dynamic` (and `bound`) may carry
@@ -539,7 +541,9 @@ def fit_bound_capacity(
     flat = jax.tree.map(lambda x: x.reshape((batch,) + x.shape[lead:]), dynamic)
     tile, pairs = _dynamic_needs_batch(bound, flat, camera, config)
     tile, pairs = int(np.max(np.asarray(tile))), int(np.max(np.asarray(pairs)))
+    dynamic_pairs = _round_pair_capacity(pairs * headroom)
     return config.with_capacity(
         tile_capacity=_round_tile_capacity(math.ceil(tile * headroom), config.chunk_size),
-        pair_capacity=_round_pair_capacity(pairs * headroom),
+        pair_capacity=dynamic_pairs,
+        dynamic_pair_capacity=None if config.dynamic_pair_capacity is None else dynamic_pairs,
     )

@@ -22,6 +22,10 @@ class RasterConfig:
     pair_capacity: int | None = None
     """Most tile-Gaussian pairs per image. None: measured by an eager `render`; under a trace,
     `pairs_per_gaussian * N` (a guess whose shortfall `overflow` counts)."""
+    dynamic_pair_capacity: int | None = None
+    """`render_bound`'s pair buffer for the dynamic set (the scene's pairs were written at bind).
+    None: `pair_capacity`. A pipeline that renders the whole image in one stage and a bound scene
+    in another keeps both capacities in one config this way."""
     pairs_per_gaussian: float = 4.0
     """Pair capacity per Gaussian when `pair_capacity` is None and cannot be measured."""
     overflow: str = "grow"
@@ -66,7 +70,7 @@ class RasterConfig:
             raise ValueError("tile_size and chunk_size must be positive")
         if self.backward_chunk_size is not None and self.backward_chunk_size <= 0:
             raise ValueError("backward_chunk_size must be positive (or None)")
-        for name in ("tile_capacity", "pair_capacity"):
+        for name in ("tile_capacity", "pair_capacity", "dynamic_pair_capacity"):
             value = getattr(self, name)
             if value is None:
                 continue
@@ -83,13 +87,34 @@ class RasterConfig:
         if not 0.0 < self.alpha_min < self.alpha_max <= 1.0:
             raise ValueError("need 0 < alpha_min < alpha_max <= 1")
 
-    def with_capacity(self, tile_capacity: int | None = None, pair_capacity: int | None = None) -> RasterConfig:
-        """A copy with new capacities (the values `check_overflow` suggests)."""
+    def with_capacity(self, tile_capacity: int | None = None, pair_capacity: int | None = None,
+                      dynamic_pair_capacity: int | None = None) -> RasterConfig:
+        """A copy with new capacities (the values `check_overflow` suggests); None keeps one."""
+        keep = lambda new, old: old if new is None else int(new)  # noqa: E731
         return dataclasses.replace(
             self,
-            tile_capacity=self.tile_capacity if tile_capacity is None else int(tile_capacity),
-            pair_capacity=self.pair_capacity if pair_capacity is None else int(pair_capacity),
+            tile_capacity=keep(tile_capacity, self.tile_capacity),
+            pair_capacity=keep(pair_capacity, self.pair_capacity),
+            dynamic_pair_capacity=keep(dynamic_pair_capacity, self.dynamic_pair_capacity),
         )
+
+    def without_capacities(self) -> RasterConfig:
+        """A copy with every capacity unset (measured again): the settings that shape an image."""
+        return dataclasses.replace(self, tile_capacity=None, pair_capacity=None, dynamic_pair_capacity=None)
+
+    @property
+    def dynamic_config(self) -> RasterConfig:
+        """The config of `render_bound`'s dynamic pairs: `pair_capacity` set to `dynamic_pair_capacity`."""
+        if self.dynamic_pair_capacity is None:
+            return self
+        return dataclasses.replace(self, pair_capacity=self.dynamic_pair_capacity)
+
+    def capacity_text(self) -> str:
+        """The capacities, as keyword arguments a user can paste (the dynamic one when set)."""
+        text = f"tile_capacity={self.tile_capacity}, pair_capacity={self.pair_capacity}"
+        if self.dynamic_pair_capacity is not None:
+            text += f", dynamic_pair_capacity={self.dynamic_pair_capacity}"
+        return text
 
     @property
     def jax_backward_chunk(self) -> int:

@@ -261,7 +261,8 @@ def grown_capacity(config: RasterConfig, counts, headroom: float = 1.25) -> Rast
     config for a render, frame or stage whose `overflow` was nonzero.
 
     `counts` is a `RenderOutput` or `TileBins` (of one render or stacked over frames, seeds and
-    steps) or a (max_tile_count, num_pairs) pair. Those counts are exact whatever the
+    steps) or a (max_tile_count, num_pairs) pair; a record that also has `dynamic_pairs` (a bound
+    render's dynamic set) grows `dynamic_pair_capacity` from it. Those counts are exact whatever the
     capacities were, so one re-run at the grown config drops nothing for the same inputs. A
     capacity that already fits is kept; a None one is set. Call outside jit."""
     need_tile, need_pairs = _counts_of(counts)
@@ -271,7 +272,14 @@ def grown_capacity(config: RasterConfig, counts, headroom: float = 1.25) -> Rast
     pair_cap = config.pair_capacity
     if pair_cap is None or pair_cap < need_pairs:
         pair_cap = _round_pair_capacity(need_pairs * headroom)
-    return config.with_capacity(tile_capacity=tile_cap, pair_capacity=pair_cap)
+    # A bound render's dynamic pair buffer, when the counts carry its need (`dynamic_pairs`).
+    dynamic_cap = config.dynamic_pair_capacity
+    need_dynamic = getattr(counts, "dynamic_pairs", None)
+    if dynamic_cap is not None and need_dynamic is not None:
+        need_dynamic = int(np.max(np.asarray(need_dynamic)))
+        if dynamic_cap < need_dynamic:
+            dynamic_cap = _round_pair_capacity(need_dynamic * headroom)
+    return config.with_capacity(tile_capacity=tile_cap, pair_capacity=pair_cap, dynamic_pair_capacity=dynamic_cap)
 
 
 def suggested_capacity(out: RenderOutput, config: RasterConfig, headroom: float = 1.25) -> RasterConfig:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -104,6 +105,12 @@ def reach_solver(body, iterations: int = 200, betas=None):
     return jax.jit(jax.vmap(solve))
 
 
+@eqx.filter_jit
+def _posed_body(body, kwargs: dict):
+    """`body(**kwargs)` compiled: run eagerly, SMPL-X costs a compilation per operation."""
+    return body(**kwargs)
+
+
 def _smoothstep(x):
     x = np.clip(x, 0.0, 1.0)
     return x * x * (3 - 2 * x)
@@ -119,7 +126,7 @@ def interaction_motion(body, num_frames: int, *, table_center, table_top: float,
     from ..body import betas_for
 
     shape = jnp.asarray(betas_for(body, betas))
-    rest = np.asarray(body(betas=shape).vertices)
+    rest = np.asarray(_posed_body(body, {"betas": shape}).vertices)
     floor_offset = -float(rest[..., 1].min())  # translation that puts the feet on y = 0
     start_root = np.array([table_center[0] + 0.12, floor_offset, table_center[2] - 0.62], np.float32)
     end_root = start_root + np.array([0.0, 0.0, 0.08], np.float32)
@@ -155,7 +162,8 @@ def interaction_motion(body, num_frames: int, *, table_center, table_top: float,
     human = HumanPose(jnp.asarray(transl, jnp.float32), jnp.asarray(global_orient), jnp.asarray(body_pose,
                                                                                                   jnp.float32))
 
-    out = body(betas=shape, global_orient=human.global_orient, body_pose=human.body_pose, transl=human.transl)
+    out = _posed_body(body, {"betas": shape, "global_orient": human.global_orient, "body_pose": human.body_pose,
+                             "transl": human.transl})
     wrist = np.asarray(out.joint_transforms[:, RIGHT_ARM[-1]])
     rot = np.tile(np.eye(3, dtype=np.float32), (num_frames, 1, 1))
     trans = np.tile(object_start, (num_frames, 1))
