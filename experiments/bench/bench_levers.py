@@ -209,6 +209,10 @@ def main():
     parser.add_argument("--hsi-iterations", type=int, default=None, help="override (smoke tests)")
     parser.add_argument("--camera-iterations", type=int, default=None, help="override (smoke tests)")
     parser.add_argument("--pose-dependence", type=float, default=0.3)
+    parser.add_argument("--avatar-size", choices=["tiny", "small", "medium"], default="small",
+                        help="the built-in avatar's networks (small: maps 128, the demo's; medium: maps 256, where "
+                        "the networks are most of an iteration, as at the paper's scale)")
+    parser.add_argument("--avatar-gaussians", type=int, default=4000)
     parser.add_argument("--estimate-noise", type=float, default=0.05)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--recommended",
@@ -241,7 +245,8 @@ def main():
     if args.only:
         configs = {k: v for k, v in configs.items() if k in args.only or k == "paper"}
 
-    demo = build_demo_scene(args.frames, args.size, seed=args.seed, avatar_pose_dependence=args.pose_dependence)
+    demo = build_demo_scene(args.frames, args.size, seed=args.seed, avatar_pose_dependence=args.pose_dependence,
+                            avatar_size=args.avatar_size, avatar_gaussians=args.avatar_gaussians)
     estimates = noisy_estimates(np.asarray(demo.truth.human.body_pose), args.estimate_noise, args.seed + 100)[None]
     obs = Observations(jnp.asarray(demo.frames)[None], jnp.asarray(demo.human_masks)[None],
                        jnp.asarray(demo.object_masks)[None], jnp.asarray(estimates))
@@ -276,7 +281,8 @@ def main():
         "",
         f"Demo instance at {args.size}x{args.size}, {args.frames} frames (frames 1..{args.frames - 1} fitted), "
         f"{demo.inputs.avatar.num_gaussians} avatar, {demo.inputs.scene.num} scene, {demo.inputs.object.num} object "
-        f"Gaussians; avatar with pose-dependent networks (strength {args.pose_dependence}); pose estimates = truth + "
+        f"Gaussians; avatar '{args.avatar_size}' with pose-dependent networks (strength {args.pose_dependence}); "
+        "pose estimates = truth + "
         f"N(0, {args.estimate_noise}) rad; 1 seed. Schedule: camera {base.camera.iterations} it/frame, HSI "
         f"{its} it/frame (colour net every {base.hsi.color_every}th). Configurations fitted frame by frame in "
         f"lockstep (rotating order); frame 1 carries the compilation, frames 2..{args.frames - 1} are timed "
