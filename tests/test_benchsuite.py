@@ -25,7 +25,7 @@ CFG = ReconstructConfig(
 )
 
 
-@pytest.mark.slow(seconds=420)
+@pytest.mark.slow(seconds=170)
 def test_instance_metrics_and_tables(tiny_demo, tmp_path):
     demo = tiny_demo
     est = np.stack([noisy_estimates(np.asarray(demo.truth.human.body_pose), 0.05, 10 + s) for s in (0, 1)])

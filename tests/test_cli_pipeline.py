@@ -124,7 +124,7 @@ def test_init_frame_and_fit_share_the_configs_background(files, tmp_path):
     assert np.mean(alpha < 0.5) > 0.2, "the test needs background in view"
 
 
-@pytest.mark.slow(seconds=540)
+@pytest.mark.slow(seconds=100)
 def test_reconstruct_and_continue_from_files(files):
     assert main(["reconstruct", str(files / "run.yaml"), "--no-resume"]) == 0
     out = files / "out"
@@ -185,7 +185,7 @@ def test_reconstruct_and_continue_from_files(files):
 
 
 @pytest.mark.torch
-@pytest.mark.slow(seconds=95)
+@pytest.mark.slow(seconds=50)
 def test_segment_command_prompts_sam2_from_the_render(files):
     """`zerohsi-jax segment` renders the initial state, proposes prompts on each object's visible
     pixels and runs SAM2 (its smallest model, random weights: the plumbing, not the quality)."""

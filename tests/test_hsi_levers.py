@@ -75,7 +75,7 @@ def _fit(demo, avatar, cfg, t=1):
 
 
 @pytest.mark.parametrize("every", [5, 0])
-@pytest.mark.slow(seconds=120)
+@pytest.mark.slow(seconds=80)
 def test_held_network_outputs_change_nothing_when_the_networks_ignore_the_pose(tiny_demo, every):
     """With pose-independent network outputs, a fit that holds them between refreshes takes the
     same steps as the paper's (the pose gradient through the skinning is the whole gradient)."""
@@ -94,7 +94,7 @@ def pose_dependent_avatar(tiny_demo):
     return with_pose_dependence(tiny_demo.inputs.avatar, 0.3)
 
 
-@pytest.mark.slow(seconds=260)
+@pytest.mark.slow(seconds=140)
 def test_amortised_fit_differs_and_stays_close(tiny_demo, pose_dependent_avatar):
     """With networks whose outputs follow the pose, holding them is an approximation: the poses
     differ from the paper's path (the branch really holds), yet the loss still falls."""
@@ -106,7 +106,7 @@ def test_amortised_fit_differs_and_stays_close(tiny_demo, pose_dependent_avatar)
     np.testing.assert_allclose(held.losses[0], paper.losses[0], rtol=1e-6)
 
 
-@pytest.mark.slow(seconds=170)
+@pytest.mark.slow(seconds=105)
 def test_bound_scene_fit_equals_the_full_render_fit(tiny_demo):
     """Binding the scene once per frame gives the fit of the full render, up to round-off."""
     base = HSIFitConfig(iterations=6, root_only_iterations=2)
@@ -144,7 +144,7 @@ def test_bfloat16_networks_are_close_to_float32(pose_dependent_avatar):
         assert rms < 0.05 * spread, name
 
 
-@pytest.mark.slow(seconds=550)
+@pytest.mark.slow(seconds=280)
 def test_levers_run_in_the_pipeline(tiny_demo):
     """All three levers through `reconstruct`: finite, and the bound render's moving-pair buffer
     (`RasterConfig.dynamic_pair_capacity`) grows, alone, when it is too small."""

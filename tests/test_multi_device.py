@@ -89,7 +89,7 @@ def _assert_same(a: dict, b: dict, what: str):
         np.testing.assert_allclose(a[key], b[key], atol=ATOL, rtol=0, err_msg=f"{what}: {key}")
 
 
-@pytest.mark.slow(seconds=740)
+@pytest.mark.slow(seconds=380)
 def test_six_seeds_on_four_devices_equal_one_device(device_runs):
     one = np.load(device_runs / "one_device.npz")
     four = np.load(device_runs / "four_devices.npz")
@@ -178,7 +178,7 @@ def _launch(problem_file, run_dir, out, die_after=None) -> list[subprocess.Popen
     return [_worker("process", problem_file, run_dir, out, coordinator, i, *extra) for i in (0, 1)]
 
 
-@pytest.mark.slow(seconds=320)
+@pytest.mark.slow(seconds=280)
 def test_two_processes_equal_one_and_resume_after_one_is_killed(problem_file, device_runs, tmp_path):
     run_dir = tmp_path / "run"
     part1 = run_dir / "part-3-5"

@@ -137,7 +137,7 @@ def test_nan_stops_the_run_naming_frame_stage_and_term(problem, tmp_path):
     assert not (tmp_path / "b" / "frames" / "frame_0001.npz").exists()
 
 
-@pytest.mark.slow(seconds=105)
+@pytest.mark.slow(seconds=55)
 def test_a_user_loss_term_needs_no_optimiser_change(problem, single_runs):
     """A new HSI term is a function of the context plus a weight in the config."""
     target = float(single_runs[0].human_stage2.transl[0, -1, 1]) + 0.05
@@ -203,7 +203,7 @@ def test_output_parameters_drive_smplx_with_the_subjects_shape(problem, tmp_path
     np.testing.assert_allclose(out.joints.detach().numpy(), np.asarray(ours.joints), atol=1e-5)
 
 
-@pytest.mark.slow(seconds=170)
+@pytest.mark.slow(seconds=110)
 def test_enough_iterations_recover_the_motion(tiny_demo):
     """Fitted with enough iterations, a small generated instance ends well below what the fit
     started from: the body below the noisy per-frame estimates, the root, camera and object below
@@ -242,7 +242,7 @@ def test_enough_iterations_recover_the_motion(tiny_demo):
 # ------------------------------------------------ run folders that never lie (issue 12)
 
 
-@pytest.mark.slow(seconds=230)
+@pytest.mark.slow(seconds=130)
 def test_too_small_capacities_are_grown_and_the_frame_redone(problem, single_runs):
     """Capacities are static inside the compiled programs: a stage whose renders drop pairs is
     redone with grown capacities, said in one line, and the result is the ample-capacity run's."""
