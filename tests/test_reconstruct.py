@@ -275,7 +275,8 @@ def test_measured_capacities_keep_larger_ones_given(tiny_demo):
     kept = measure_raster_config(d.inputs, d.initial, cfg, at_least=given)
     assert (kept.tile_capacity, kept.pair_capacity, kept.dynamic_pair_capacity) == (
         given.tile_capacity, measured.pair_capacity, measured.dynamic_pair_capacity)
-    assert measure_raster_config(d.inputs, d.initial, CFG).dynamic_pair_capacity is None  # no bound scene
+    # Without a bound scene there is no moving-pair buffer, whatever the given capacities hold.
+    assert measure_raster_config(d.inputs, d.initial, CFG, at_least=given).dynamic_pair_capacity is None
 
 
 def test_overflow_policies_act_after_each_program():

@@ -212,12 +212,7 @@ def measure_raster_config(inputs: SceneInputs, initial: InitialState, cfg: Recon
     raster = fit_capacity(g, inputs.camera, base, headroom=headroom)
     if cfg.hsi.bind_scene:
         raster = raster.with_capacity(dynamic_pair_capacity=measure_moving_pairs(inputs, initial, raster, headroom))
-    if at_least is None:
-        return raster
-    larger = lambda name: max(v for v in (getattr(raster, name), getattr(at_least, name)) if v is not None)  # noqa: E731
-    return raster.with_capacity(tile_capacity=larger("tile_capacity"), pair_capacity=larger("pair_capacity"),
-                                dynamic_pair_capacity=larger("dynamic_pair_capacity")
-                                if raster.dynamic_pair_capacity is not None else None)
+    return raster if at_least is None else raster.at_least(at_least)
 
 
 def measure_moving_pairs(inputs: SceneInputs, initial: InitialState, raster: RasterConfig,
@@ -844,9 +839,7 @@ def write_results(folder: RunFolder, result: Reconstruction, *, gender: str = "n
         "gender": gender,
         "num_betas": int(np.asarray(result.betas).size),
         "frame_rate": None if frame_rate is None else float(frame_rate),
-        "raster": None if raster is None else {"tile_capacity": raster.tile_capacity,
-                                               "pair_capacity": raster.pair_capacity,
-                                               "dynamic_pair_capacity": raster.dynamic_pair_capacity},
+        "raster": None if raster is None else raster.capacities,
         "devices": result.devices,
     })
 

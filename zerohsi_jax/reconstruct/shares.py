@@ -159,9 +159,9 @@ def _largest_raster(raster: RasterConfig | None) -> RasterConfig | None:
     """The capacities that held in every process (each grows its own as its seeds need)."""
     if raster is None:
         return None
-    names = ("tile_capacity", "pair_capacity", "dynamic_pair_capacity")
-    caps = gather_values([-1 if getattr(raster, n) is None else getattr(raster, n) for n in names]).max(axis=0)
-    return raster.with_capacity(**{n: None if c < 0 else int(c) for n, c in zip(names, caps, strict=True)})
+    mine = raster.capacities
+    caps = gather_values([-1 if v is None else v for v in mine.values()]).max(axis=0)
+    return raster.with_capacity(**{n: None if c < 0 else int(c) for n, c in zip(mine, caps, strict=True)})
 
 
 __all__ = ["part_name", "reconstruct_shares"]

@@ -9,6 +9,9 @@ from __future__ import annotations
 import dataclasses
 import numbers
 
+CAPACITIES = ("tile_capacity", "pair_capacity", "dynamic_pair_capacity")
+"""The fields of `RasterConfig` that size its buffers (static in compiled programs; measured, grown)."""
+
 
 @dataclasses.dataclass(frozen=True)
 class RasterConfig:
@@ -70,7 +73,7 @@ class RasterConfig:
             raise ValueError("tile_size and chunk_size must be positive")
         if self.backward_chunk_size is not None and self.backward_chunk_size <= 0:
             raise ValueError("backward_chunk_size must be positive (or None)")
-        for name in ("tile_capacity", "pair_capacity", "dynamic_pair_capacity"):
+        for name in CAPACITIES:
             value = getattr(self, name)
             if value is None:
                 continue
@@ -100,7 +103,20 @@ class RasterConfig:
 
     def without_capacities(self) -> RasterConfig:
         """A copy with every capacity unset (measured again): the settings that shape an image."""
-        return dataclasses.replace(self, tile_capacity=None, pair_capacity=None, dynamic_pair_capacity=None)
+        return dataclasses.replace(self, **dict.fromkeys(CAPACITIES))
+
+    @property
+    def capacities(self) -> dict[str, int | None]:
+        """The capacities by name (what `with_capacity` takes back; a run's complete.json records them)."""
+        return {name: getattr(self, name) for name in CAPACITIES}
+
+    def at_least(self, other: RasterConfig) -> RasterConfig:
+        """A copy whose every set capacity is raised to `other`'s where that is larger; a capacity
+        this config leaves unset stays unset."""
+        raised = {name: max(mine, theirs) for (name, mine), theirs in zip(self.capacities.items(),
+                                                                          other.capacities.values(), strict=True)
+                  if mine is not None and theirs is not None}
+        return self.with_capacity(**raised)
 
     @property
     def dynamic_config(self) -> RasterConfig:
