@@ -6,6 +6,8 @@
 Per scene (the random Gaussians of bench_rasterizer.py), three renderers:
   jax     ours, RasterConfig(backward="jax"): the pure-JAX recomputing backward (`composite_backward`)
   kernel  ours, RasterConfig(backward="kernel"): the compiled C++ backward, for reference
+  jax-keep  ours as `jax` but with RasterConfig(projection_backward_chunks=0): the projection's
+          intermediates kept from the forward (plain autodiff), as before 2026-12-03 (opt-in)
   splax   splax 0.2.3 (`pip install splax==0.2.3`), when importable
 each timed on the forward (the image) and on forward+backward (jax.grad of a weighted image sum
 w.r.t. means, log-scales, quaternions, opacity logits and SH colours); the median of interleaved
@@ -113,6 +115,14 @@ def splax_fns(splax, cam, weights):
     return image, jax.grad(loss, argnums=(0, 1, 2, 3, 4))
 
 
+def renderer_config(base, renderer):
+    """Our renderers by name: 'jax', 'kernel', or 'jax-keep' (the pure-JAX backward with the
+    projection's intermediates kept rather than recomputed in the backward)."""
+    if renderer == "jax-keep":
+        return dataclasses.replace(base, backward="jax", projection_backward_chunks=0)
+    return dataclasses.replace(base, backward=renderer)
+
+
 def compile_fn(fn, args):
     compiled = jax.jit(fn).lower(*args).compile()
     mem = compiled.memory_analysis()
@@ -125,7 +135,8 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--counts", type=int, nargs="*", default=[10_000, 100_000])
     parser.add_argument("--sizes", nargs="*", choices=list(SIZES), default=["256^2", "512^2"])
-    parser.add_argument("--renderers", nargs="*", default=["jax", "kernel", "splax"])
+    parser.add_argument("--renderers", nargs="*", default=["jax", "kernel", "splax"],
+                        help="of jax, kernel, jax-keep, splax")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--chunk-size", type=int, default=None, help="RasterConfig.chunk_size (default: its default)")
     parser.add_argument("--label", default="", help="a word for the table's heading (before/after)")
@@ -157,7 +168,7 @@ def main():
                 if r == "splax":
                     image, grad = splax_fns(splax, cam, weights)
                 else:
-                    image, grad = ours_fns(g, cam, dataclasses.replace(base, backward=r), weights)
+                    image, grad = ours_fns(g, cam, renderer_config(base, r), weights)
                 fwd, m_fwd = compile_fn(image, p)
                 bwd, m_bwd = compile_fn(grad, p)
                 images[r] = np.asarray(fwd(*p))
@@ -224,7 +235,7 @@ def format_table(rows, renderers):
             if name in renderers:
                 cols += [f"splax/{name} fwd", f"splax/{name} fwd+bwd"]
         if "jax" in renderers:
-            cols += ["splax/jax mem"]
+            cols += ["splax/jax mem (splax incl. scratch)"]
         cols += ["img diff"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
@@ -240,7 +251,8 @@ def format_table(rows, renderers):
                     cells += [f"{s['t_fwd'] / r[name]['t_fwd']:.2f}", f"{s['t_bwd'] / r[name]['t_bwd']:.2f}"]
             if "jax" in renderers:
                 j = r["jax"]["mem_bwd"]
-                cells.append("-" if not (j and s["mem_bwd"]) else f"{s['mem_bwd'] / j:.2f}")
+                splax_total = (s["mem_bwd"] or 0) + (s.get("scratch") or 0)
+                cells.append("-" if not (j and splax_total) else f"{splax_total / j:.2f}")
             cells.append(f"{r['img_diff'] / r['img_mean']:.3f}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -46,6 +46,16 @@ class RasterConfig:
     """Slots per step of the pure-JAX backward (`backward="jax"`); None: min(chunk_size, 8). Its
     step holds (tiles, chunk, pixels) arrays, so past 8 they fall out of cache and it slows down
     (measured in experiments/bench/results_jax_backward.md). Speed/memory only, like chunk_size."""
+    projection_backward_chunks: int = 8
+    """The projection's backward recomputes it from the Gaussians in this many chunks, so that its
+    intermediates are neither kept from the forward nor all alive at once (at 100k Gaussians the
+    gradient's temporary memory goes from 47 to 27 MB; experiments/bench/results_jax_backward.md).
+    0: plain autodiff, which keeps them from the forward to the backward. Memory only: the
+    gradients are the same up to float rounding."""
+    projection_backward_min_gaussians: int = 16384
+    """Sets of fewer Gaussians are differentiated by plain autodiff whatever
+    `projection_backward_chunks` says: their intermediates are small, and the recomputation's
+    fixed cost per chunk is not (10-15% slower for a 4000-Gaussian gradient on the CPU)."""
     eps2d: float = 0.3
     """Low-pass filter added to the diagonal of every 2D covariance, in pixels squared."""
     antialiased: bool = False
@@ -71,6 +81,11 @@ class RasterConfig:
     def __post_init__(self):
         if self.tile_size <= 0 or self.chunk_size <= 0:
             raise ValueError("tile_size and chunk_size must be positive")
+        if isinstance(self.projection_backward_chunks, bool) or not isinstance(
+                self.projection_backward_chunks, numbers.Integral) or self.projection_backward_chunks < 0:
+            raise ValueError(f"projection_backward_chunks must be an int >= 0, got {self.projection_backward_chunks!r}")
+        if self.projection_backward_min_gaussians < 0:
+            raise ValueError("projection_backward_min_gaussians must be >= 0")
         if self.backward_chunk_size is not None and self.backward_chunk_size <= 0:
             raise ValueError("backward_chunk_size must be positive (or None)")
         for name in CAPACITIES:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import functools
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Bool, Float
 
 from ..geometry import quaternion_to_matrix
@@ -41,11 +44,25 @@ def project(g: Gaussians, cam: Camera, cfg: RasterConfig = RasterConfig()) -> Pr
 
     The Jacobian of the perspective map is evaluated at the mean with x/z and y/z clamped to
     `clip_margin` of the half field of view beyond the image edge, and the 2D covariance gets
-    `eps2d` on its diagonal (the EWA low-pass); both as gsplat 1.5.3 does it."""
+    `eps2d` on its diagonal (the EWA low-pass); both as gsplat 1.5.3 does it.
+
+    Differentiated, the projection is recomputed from its inputs in the backward, in
+    `cfg.projection_backward_chunks` chunks of Gaussians (`_project_recomputed`), rather than keeping
+    its intermediates (rotations, 3D and 2D covariances, Jacobians: about 50 floats per Gaussian)
+    alive through binning and compositing; 0 keeps them (plain autodiff of `project_fields`), as
+    do sets of fewer than `cfg.projection_backward_min_gaussians`."""
+    fields = (g.means, g.quats, g.log_scales, g.opacity_logits)
+    if cfg.projection_backward_chunks == 0 or g.means.shape[0] < cfg.projection_backward_min_gaussians:
+        return project_fields(*fields, cam, cfg)
+    return _project_recomputed(fields, cam, cfg)
+
+
+def project_fields(means, quats, log_scales, opacity_logits, cam: Camera, cfg: RasterConfig) -> Projected:
+    """`project` on the four fields of `Gaussians` it reads (its plain, autodiff form)."""
     rot = cam.viewmat[:3, :3]
     trans = cam.viewmat[:3, 3]
-    p_cam = g.means @ rot.T + trans
-    cov_cam = rot @ covariance_3d(g.quats, g.log_scales) @ rot.T
+    p_cam = means @ rot.T + trans
+    cov_cam = rot @ covariance_3d(quats, log_scales) @ rot.T
 
     x, y, z = p_cam[:, 0], p_cam[:, 1], p_cam[:, 2]
     in_depth = (z > cam.near) & (z < cam.far)
@@ -77,7 +94,7 @@ def project(g: Gaussians, cam: Camera, cfg: RasterConfig = RasterConfig()) -> Pr
     conics = jnp.stack([c11 / det, -0.5 * (c01 + c10) / det, c00 / det], -1)
     means2d = jnp.stack([cam.fx * x / z_safe + cam.cx, cam.fy * y / z_safe + cam.cy], -1)
 
-    opacities = jax.nn.sigmoid(g.opacity_logits)
+    opacities = jax.nn.sigmoid(opacity_logits)
     if cfg.antialiased:
         opacities = opacities * jnp.sqrt(jnp.maximum(det_orig / det, 0.0))
 
@@ -106,3 +123,46 @@ def project(g: Gaussians, cam: Camera, cfg: RasterConfig = RasterConfig()) -> Pr
         extents=extents,
         visible=visible,
     )
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _project_recomputed(fields, cam: Camera, cfg: RasterConfig) -> Projected:
+    """`project_fields` whose backward recomputes it, chunk by chunk of Gaussians."""
+    return project_fields(*fields, cam, cfg)
+
+
+def _project_recomputed_fwd(fields, cam, cfg):
+    # Only the inputs are kept: they are alive anyway (parameters, or the posed avatar).
+    return project_fields(*fields, cam, cfg), (fields, cam)
+
+
+def _project_recomputed_bwd(cfg, residuals, cotangent):
+    fields, cam = residuals
+    float_cotangent = (cotangent.means2d, cotangent.conics, cotangent.depths, cotangent.opacities,
+                       cotangent.cov2d_diag, cotangent.extents)  # fmt: skip
+    n = fields[0].shape[0]
+    chunks = max(1, min(cfg.projection_backward_chunks, n))
+    size = -(-n // chunks)
+    pad = size * chunks - n
+
+    def split(x, mode):
+        # Padding repeats the last Gaussian (finite values; its cotangent is zero), not zeros,
+        # whose zero quaternion would put NaN into the camera's gradient through 0 * NaN.
+        if pad:
+            x = jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1), mode=mode)
+        return x.reshape((chunks, size) + x.shape[1:])
+
+    def chunk_grads(cam_grad, chunk):
+        chunk_fields, chunk_cotangent = chunk
+        out, vjp = jax.vjp(lambda f, c: project_fields(*f, c, cfg), chunk_fields, cam)
+        visible = np.zeros(out.visible.shape, jax.dtypes.float0)
+        field_grads, chunk_cam_grad = vjp(Projected(*chunk_cotangent, visible=visible))
+        return jax.tree.map(jnp.add, cam_grad, chunk_cam_grad), field_grads
+
+    chunked = (tuple(split(x, "edge") for x in fields), tuple(split(x, "constant") for x in float_cotangent))
+    cam_grad, field_grads = jax.lax.scan(chunk_grads, jax.tree.map(jnp.zeros_like, cam), chunked)
+    field_grads = tuple(x.reshape((chunks * size,) + x.shape[2:])[:n] for x in field_grads)
+    return field_grads, cam_grad
+
+
+_project_recomputed.defvjp(_project_recomputed_fwd, _project_recomputed_bwd)
