@@ -136,10 +136,11 @@ def _projection_loss(cfg, weights):
     return jax.jit(jax.grad(loss, argnums=tuple(range(7))), static_argnums=())
 
 
-@pytest.mark.parametrize("chunks", [1, 3, 8])
+@pytest.mark.parametrize("chunks", [1, 3])
 def test_recomputed_projection_backward_equals_autodiff(seed, x64, chunks):
     """The backward that recomputes the projection chunk by chunk (RasterConfig's
-    projection_backward_chunks; 3 does not divide the 101 Gaussians, so the last chunk is padded)
+    projection_backward_chunks: one, and 3, which does not divide the 101 Gaussians, so the last
+    chunk is padded)
     gives autodiff's gradients for the Gaussians and for the camera (pose, intrinsics), which sum
     over the chunks."""
     rng = np.random.default_rng(seed)
