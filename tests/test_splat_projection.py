@@ -140,9 +140,8 @@ def _projection_loss(cfg, weights):
 def test_recomputed_projection_backward_equals_autodiff(seed, x64, chunks):
     """The backward that recomputes the projection chunk by chunk (RasterConfig's
     projection_backward_chunks: one, and 3, which does not divide the 101 Gaussians, so the last
-    chunk is padded)
-    gives autodiff's gradients for the Gaussians and for the camera (pose, intrinsics), which sum
-    over the chunks."""
+    chunk is padded) gives autodiff's gradients for the Gaussians and for the camera (pose,
+    intrinsics), which sum over the chunks."""
     rng = np.random.default_rng(seed)
     g = random_scene(rng, 101, dtype=jnp.float64)
     cam = random_camera(rng, 64, 48, dtype=jnp.float64)
