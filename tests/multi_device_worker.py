@@ -107,10 +107,35 @@ def devices_mode(problem, out: Path) -> None:
     }))
 
 
+def cache_writes_in_every_process() -> None:
+    """Let this process write its compiled programs to the persistent cache whatever its process
+    id. JAX writes from process 0 only (`jax._src.compiler._cache_write`, against write contention
+    on shared file systems); process 1's programs run on its own device (id 2048 on the CPU), so
+    their cache keys are its own and no other process writes them. Without this, the relaunched
+    process 1 compiles its programs again (a minute or more on 2 cores) while process 0, which
+    loads its own from the cache, waits for it. A test-speed measure only: what runs is the same."""
+    from jax._src import compiler, distributed
+
+    original = getattr(compiler, "_cache_write", None)
+    if original is None or not hasattr(distributed.global_state, "process_id"):
+        return  # another JAX: process 1 compiles again, the test only takes longer
+
+    def write(*args, **kwargs):
+        process_id = distributed.global_state.process_id
+        distributed.global_state.process_id = 0
+        try:
+            return original(*args, **kwargs)
+        finally:
+            distributed.global_state.process_id = process_id
+
+    compiler._cache_write = write
+
+
 def process_mode(problem, run_dir: Path, out: Path, coordinator: str, process_id: int, die_after: int | None) -> None:
     from zerohsi_jax.devices import initialize_distributed
 
     here = initialize_distributed(coordinator, 2, process_id)
+    cache_writes_in_every_process()
     assert here.index == process_id and here.count == 2, here
     from zerohsi_jax.reconstruct.run_files import RunFolder
 

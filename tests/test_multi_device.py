@@ -178,7 +178,7 @@ def _launch(problem_file, run_dir, out, die_after=None) -> list[subprocess.Popen
     return [_worker("process", problem_file, run_dir, out, coordinator, i, *extra) for i in (0, 1)]
 
 
-@pytest.mark.slow(seconds=280)
+@pytest.mark.slow(seconds=160)
 def test_two_processes_equal_one_and_resume_after_one_is_killed(problem_file, device_runs, tmp_path):
     run_dir = tmp_path / "run"
     part1 = run_dir / "part-3-5"
