@@ -20,6 +20,7 @@ from zerohsi_jax.reconstruct.hsi_fit import (
     HELD_OUTPUTS,
     fit_frame,
     network_step_kind,
+    reachable_step_kinds,
 )
 
 
@@ -39,6 +40,16 @@ def test_network_schedule():
     assert [i for i, k in enumerate(k25) if k == COLOR_NET_ONLY] == [5, 10, 15, 20]
     once = _kinds(12, network_every=0, color_every=0)
     assert once == [ALL_NETWORKS] + [HELD_OUTPUTS] * 11
+
+
+@pytest.mark.parametrize("every, color_every, iterations", [(1, 5, 12), (0, 5, 12), (0, 0, 12), (5, 5, 12),
+                                                            (5, 25, 30), (25, 5, 30), (0, 5, 1), (3, 5, 10)])
+def test_only_the_reached_kinds_are_compiled(every, color_every, iterations):
+    """`fit_frame` compiles a branch (a differentiated avatar) per kind the schedule reaches: the
+    host-side schedule names exactly the kinds the traced one gives."""
+    cfg = HSIFitConfig(iterations=iterations, network_every=every, color_every=color_every)
+    assert reachable_step_kinds(cfg) == sorted(set(_kinds(iterations, network_every=every,
+                                                          color_every=color_every)))
 
 
 class _PoseFreeNetworks(eqx.Module):
@@ -144,7 +155,7 @@ def test_bfloat16_networks_are_close_to_float32(pose_dependent_avatar):
         assert rms < 0.05 * spread, name
 
 
-@pytest.mark.slow(seconds=280)
+@pytest.mark.slow(seconds=220)
 def test_levers_run_in_the_pipeline(tiny_demo):
     """All three levers through `reconstruct`: finite, and the bound render's moving-pair buffer
     (`RasterConfig.dynamic_pair_capacity`) grows, alone, when it is too small."""

@@ -16,6 +16,7 @@ from typing import NamedTuple
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jaxtyping import Array, Int
 
@@ -104,14 +105,20 @@ def scene_renderer(scene: Gaussians, camera: Camera, raster: RasterConfig, backg
 ALL_NETWORKS, COLOR_NET_ONLY, HELD_OUTPUTS = 0, 1, 2
 
 
-def network_step_kind(step: Int[Array, ""], cfg: HSIFitConfig) -> Int[Array, ""]:
+def network_step_kind(step: Int[Array, ""], cfg: HSIFitConfig, xp=jnp) -> Int[Array, ""]:
     """Which networks iteration `step` of a frame evaluates: all of them every `network_every`-th
     step (0: the first step only), else the colour net alone on its fine-tuning steps (every
-    `color_every`-th, so that its gradient is the paper's), else none (outputs held)."""
+    `color_every`-th, so that its gradient is the paper's), else none (outputs held). `xp=numpy`
+    evaluates the schedule on the host (`reachable_step_kinds`)."""
     every = cfg.network_every
     refresh = step == 0 if every == 0 else step % every == 0
-    color = step % cfg.color_every == 0 if cfg.color_every > 0 else jnp.zeros((), bool)
-    return jnp.where(refresh, ALL_NETWORKS, jnp.where(color, COLOR_NET_ONLY, HELD_OUTPUTS))
+    color = step % cfg.color_every == 0 if cfg.color_every > 0 else xp.zeros((), bool)
+    return xp.where(refresh, ALL_NETWORKS, xp.where(color, COLOR_NET_ONLY, HELD_OUTPUTS))
+
+
+def reachable_step_kinds(cfg: HSIFitConfig) -> list[int]:
+    """The kinds (`network_step_kind`) the iterations of a frame reach, in increasing order."""
+    return sorted({int(k) for k in np.atleast_1d(network_step_kind(np.arange(cfg.iterations), cfg, xp=np))})
 
 
 def amortised_avatar(avatar, human: HumanPose, camera_position, held: AvatarMaps, kind: int, cfg: HSIFitConfig
@@ -188,9 +195,13 @@ def fit_frame(avatar_rest, color, human_init: HumanPose, object_prev: ObjectPose
         shapes = jax.eval_shape(lambda: avatar0.network_maps(human_init.global_orient, human_init.body_pose,
                                                              human_init.transl, camera.position))
         held = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), shapes)
-        branches = [functools.partial(loss_fn, kind=k) for k in (ALL_NETWORKS, COLOR_NET_ONLY, HELD_OUTPUTS)]
+        # Only the kinds the schedule reaches are compiled (each is a differentiated avatar): with
+        # network_every 0 and no colour fine-tuning, say, the colour-net-only branch never runs.
+        kinds = reachable_step_kinds(cfg)
+        position = jnp.asarray([kinds.index(k) if k in kinds else 0 for k in range(3)], jnp.int32)
+        branches = [functools.partial(loss_fn, kind=k) for k in kinds]
         fit = scan_minimize(branches, params, opt, cfg.iterations, opt_state=opt_state, held=held,
-                            branch=lambda step: network_step_kind(step, cfg))
+                            branch=lambda step: position[network_step_kind(step, cfg)])
     else:
         fit = scan_minimize(loss_fn, params, opt, cfg.iterations, opt_state=opt_state)
     params, (values, counts) = fit.params, fit.aux
