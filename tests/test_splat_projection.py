@@ -1,5 +1,6 @@
 """Projection against gsplat 1.5.3's pure-torch `_fully_fused_projection`."""
 
+import dataclasses
 import math
 
 import jax
@@ -133,7 +134,7 @@ def _projection_loss(cfg, weights):
         outputs = (p.means2d, p.conics, p.depths[:, None], p.opacities[:, None], p.cov2d_diag, p.extents)
         return sum(jnp.sum(w * jnp.where(p.visible[:, None], o, 0.0)) for w, o in zip(weights, outputs, strict=True))
 
-    return jax.jit(jax.grad(loss, argnums=tuple(range(7))), static_argnums=())
+    return jax.jit(jax.grad(loss, argnums=tuple(range(7))))
 
 
 @pytest.mark.parametrize("chunks", [1, 3])
@@ -190,8 +191,7 @@ def test_recomputed_projection_backward_keeps_less_memory():
     base = fit_capacity(g, cam, RasterConfig(backward="jax"))
 
     def temp_bytes(chunks):
-        cfg = RasterConfig(**{**base.__dict__, "projection_backward_chunks": chunks,
-                              "projection_backward_min_gaussians": 0})
+        cfg = dataclasses.replace(base, projection_backward_chunks=chunks, projection_backward_min_gaussians=0)
         grad = jax.grad(lambda means: jnp.sum(render(type(g)(means, g.quats, g.log_scales, g.opacity_logits, g.sh),
                                                      cam, config=cfg).rgb))
         return jax.jit(grad).lower(g.means).compile().memory_analysis().temp_size_in_bytes

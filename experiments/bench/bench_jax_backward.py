@@ -7,7 +7,8 @@ Per scene (the random Gaussians of bench_rasterizer.py), three renderers:
   jax     ours, RasterConfig(backward="jax"): the pure-JAX recomputing backward (`composite_backward`)
   kernel  ours, RasterConfig(backward="kernel"): the compiled C++ backward, for reference
   jax-keep  ours as `jax` but with RasterConfig(projection_backward_chunks=0): the projection's
-          intermediates kept from the forward (plain autodiff), as before 2026-12-03 (opt-in)
+          intermediates kept from the forward (plain autodiff, the default before 2026-12-03);
+          only when named in --renderers
   splax   splax 0.2.3 (`pip install splax==0.2.3`), when importable
 each timed on the forward (the image) and on forward+backward (jax.grad of a weighted image sum
 w.r.t. means, log-scales, quaternions, opacity logits and SH colours); the median of interleaved
