@@ -162,10 +162,10 @@ def part_functions(demo, hsi_frame: int = 1):
     held = avatar.network_maps(*pose, cam_pos)
     grad = lambda f: jax.jit(jax.value_and_grad(f))  # noqa: E731
     parts = {
-        "avatar, all networks (float32)": (grad(lambda p: avatar_loss(p, "float32", "all", held)), (pose, color)),
-        "avatar, all networks (bfloat16)": (grad(lambda p: avatar_loss(p, "bfloat16", "all", held)), (pose, color)),
-        "avatar, colour net + skinning": (grad(lambda p: avatar_loss(p, "float32", ("color",), held)), (pose, color)),
-        "avatar, skinning only (held outputs)": (grad(lambda p: avatar_loss(p, "float32", (), held)), (pose, color)),
+        "avatar, all networks (float32)": (grad(lambda p: avatar_loss(p, "float32", "all", held)), ((pose, color),)),
+        "avatar, all networks (bfloat16)": (grad(lambda p: avatar_loss(p, "bfloat16", "all", held)), ((pose, color),)),
+        "avatar, colour net + skinning": (grad(lambda p: avatar_loss(p, "float32", ("color",), held)), ((pose, color),)),
+        "avatar, skinning only (held outputs)": (grad(lambda p: avatar_loss(p, "float32", (), held)), ((pose, color),)),
     }
     obj_pose = jax.tree.map(lambda x: jnp.asarray(x[t]), truth.object_poses)
     moving = moving_gaussians(avatar(*pose, cam_pos), inputs.object, obj_pose)
