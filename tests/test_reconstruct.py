@@ -277,6 +277,10 @@ def test_measured_capacities_keep_larger_ones_given(tiny_demo):
         given.tile_capacity, measured.pair_capacity, measured.dynamic_pair_capacity)
     # Without a bound scene there is no moving-pair buffer, whatever the given capacities hold.
     assert measure_raster_config(d.inputs, d.initial, CFG, at_least=given).dynamic_pair_capacity is None
+    # The config's tile size is the measured raster's (smaller tiles: more pairs, fewer per tile).
+    small = measure_raster_config(d.inputs, d.initial, dataclasses.replace(CFG, tile_size=8))
+    assert small.tile_size == 8 and measured.tile_size == 16
+    assert small.pair_capacity >= measured.pair_capacity
 
 
 def test_overflow_policies_act_after_each_program():

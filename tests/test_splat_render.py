@@ -92,6 +92,41 @@ def test_float32_render_matches_float64_reference(seed):
         assert err.max() <= flip + 2e-5, f"{name}: largest difference {err.max():.3g} exceeds a threshold flip"
 
 
+@pytest.mark.parametrize("backward", ["jax", "auto"])
+def test_tile_size_changes_the_speed_not_the_image_or_its_gradients(backward, seed, x64):
+    """`RasterConfig.tile_size` (`ReconstructConfig.tile_size`, 8 in the recommended CPU levers):
+    at 8 and at 5 (partial tiles on both edges) the image is the brute-force reference's and the
+    gradients are the 16-pixel tiles' ('auto': the compiled backward where it is built)."""
+    rng = np.random.default_rng(seed)
+    g = random_scene(rng, 120, sh_degree=1, num_features=2, num_groups=3, dtype=jnp.float64)
+    cam = random_camera(rng, 50, 37, dtype=jnp.float64)
+    weights = jnp.asarray(rng.normal(size=(37, 50, 8)), jnp.float64)
+    floats, static = eqx.partition(g, eqx.is_inexact_array)
+
+    def value_grad(tile_size):
+        cfg = RasterConfig(tile_size=tile_size, tile_capacity=g.num, pair_capacity=g.num * 64, chunk_size=8,
+                           backward=backward)
+
+        def loss(f):
+            out = render(eqx.combine(f, static), cam, jnp.asarray(BG), num_groups=3, config=cfg)
+            value = jnp.sum(out.rgb * weights[..., :3]) + jnp.sum(out.depth_accum * weights[..., 3]) \
+                + jnp.sum(out.features * weights[..., 4:6]) + jnp.sum(out.group_masks[..., :2] * weights[..., 6:])
+            return value, out
+
+        (_, out), grad = jax.jit(jax.value_and_grad(loss, has_aux=True))(floats)
+        assert int(out.overflow) == 0
+        return out, grad, cfg
+
+    _, grad16, _ = value_grad(16)
+    for tile_size in (8, 5):
+        out, grad, cfg = value_grad(tile_size)
+        _compare(out, render_reference(g, cam, BG, cfg, num_groups=3), atol=1e-10)
+        for name in ("means", "quats", "log_scales", "opacity_logits", "sh", "features"):
+            want, got = np.asarray(getattr(grad16, name)), np.asarray(getattr(grad, name))
+            assert np.abs(want).max() > 0, name
+            np.testing.assert_allclose(got, want, rtol=0, atol=1e-9 * np.abs(want).max(), err_msg=name)
+
+
 def test_sparse_binning_equals_dense_binning(seed):
     rng = np.random.default_rng(seed)
     g = random_scene(rng, 250, spread=1.5)

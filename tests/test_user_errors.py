@@ -91,6 +91,7 @@ CONFIG_MISTAKES = {
     "NaN as text": ({"reconstruct.hsi.learning_rate": "nan"}, ["reconstruct.hsi.learning_rate", "finite"]),
     "stride 0": ({"video.stride": 0}, ["video.stride", "more than 0"]),
     "negative tile capacity": ({"reconstruct.tile_capacity": -16}, ["reconstruct.tile_capacity", "more than 0"]),
+    "tile size 0": ({"reconstruct.tile_size": 0}, ["reconstruct.tile_size", "more than 0"]),
     "background out of range": ({"reconstruct.background": [0, 0, 2]}, ["reconstruct.background[2]", "[0, 1]"]),
     "missing scene file": ({"scene.ply": "nope.ply"}, ["scene.ply", "nope.ply", "does not exist"]),
     "missing mask file": ({"video.masks": ["gone.npz"]}, ["video.masks[0]", "gone.npz", "does not exist"]),

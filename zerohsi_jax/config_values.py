@@ -33,6 +33,7 @@ _RANGES = [  # (key pattern, test, what the value must be): the first pattern th
     ("reconstruct.refine.dynamic_threshold", *_NON_NEGATIVE),
     ("reconstruct.refine.*", *_POSITIVE),  # contact_epsilon, contact_chunk, max_contact_points, ...
     ("reconstruct.tile_capacity", *_POSITIVE),
+    ("reconstruct.tile_size", *_POSITIVE),
     ("video.stride", *_POSITIVE),
     ("video.max_frames", *_POSITIVE),
     ("segment.num_points", *_POSITIVE),

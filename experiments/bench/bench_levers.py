@@ -39,13 +39,22 @@ import numpy as np
 from zerohsi_jax.devices import SeedMesh, choose_devices
 from zerohsi_jax.metrics.ground_truth import body_joints, ground_truth_errors, mpjpe
 from zerohsi_jax.reconstruct import Observations, paper_schedule, quick_schedule
+from zerohsi_jax.reconstruct.config import ReconstructConfig
 from zerohsi_jax.reconstruct.hsi_fit import scene_renderer
-from zerohsi_jax.reconstruct.losses import CAMERA_TERMS, HSI_TERMS, REFINE_TERMS
+from zerohsi_jax.reconstruct.losses import (
+    CAMERA_TERMS,
+    HSI_TERMS,
+    REFINE_TERMS,
+    gaussian_blur,
+    gaussian_blur_conv,
+    ssim,
+)
 from zerohsi_jax.reconstruct.pipeline import (
     Fitted,
     _prepare_run,
     fit_one_frame,
     measure_moving_pairs,
+    measure_raster_config,
     refine,
     start_or_resume,
 )
@@ -62,11 +71,13 @@ LEVERS = {
     "bfloat16": {"network_dtype": "bfloat16"},
     "bind_scene": {"bind_scene": True},
     "color_every=25": {"color_every": 25},
+    "tile_size=8": {"tile_size": 8},
 }
 
 
 def parse_levers(text: str) -> dict:
-    """'network_every=0,bind_scene=True,network_dtype=bfloat16' -> HSIFitConfig keywords."""
+    """'network_every=0,bind_scene=True,tile_size=8' -> keywords of HSIFitConfig (or of
+    ReconstructConfig for its own fields, such as tile_size)."""
     out = {}
     for item in filter(None, text.split(",")):
         key, value = item.split("=")
@@ -80,12 +91,17 @@ def parse_levers(text: str) -> dict:
 def start_runs(demo, obs, base, configs: dict):
     """name -> [run, states, raster]: each configuration's run prepared and frame 0 set up."""
     runs = {}
+    top_level = {f.name for f in dataclasses.fields(base)} - {"camera", "hsi", "refine"}
     for name, levers in configs.items():
-        cfg = dataclasses.replace(base, hsi=dataclasses.replace(base.hsi, **levers),
-                                  refine=dataclasses.replace(base.refine, enabled=False))
+        hsi = {k: v for k, v in levers.items() if k not in top_level}
+        cfg = dataclasses.replace(base, hsi=dataclasses.replace(base.hsi, **hsi),
+                                  refine=dataclasses.replace(base.refine, enabled=False),
+                                  **{k: v for k, v in levers.items() if k in top_level})
         run = _prepare_run(demo.inputs, obs, cfg, TERMS, None, False, print, SeedMesh.of(choose_devices(1)))
         raster = demo.raster
-        if cfg.hsi.bind_scene:
+        if cfg.tile_size != raster.tile_size:
+            raster = measure_raster_config(demo.inputs, demo.initial, cfg)
+        elif cfg.hsi.bind_scene:
             raster = raster.with_capacity(
                 dynamic_pair_capacity=measure_moving_pairs(demo.inputs, demo.initial, demo.raster))
         fitted = start_or_resume(run, demo.initial, raster, resume=False)
@@ -160,25 +176,37 @@ def part_functions(demo, hsi_frame: int = 1):
         return squares(g)
 
     held = avatar.network_maps(*pose, cam_pos)
-    grad = lambda f: jax.jit(jax.value_and_grad(f))  # noqa: E731
+    grad = lambda f: eqx.filter_jit(eqx.filter_value_and_grad(f))  # noqa: E731  (Gaussians hold int groups)
+    both = ((pose, color),)
     parts = {
-        "avatar, all networks (float32)": (grad(lambda p: avatar_loss(p, "float32", "all", held)), ((pose, color),)),
-        "avatar, all networks (bfloat16)": (grad(lambda p: avatar_loss(p, "bfloat16", "all", held)), ((pose, color),)),
-        "avatar, colour net + skinning": (grad(lambda p: avatar_loss(p, "float32", ("color",), held)), ((pose, color),)),
-        "avatar, skinning only (held outputs)": (grad(lambda p: avatar_loss(p, "float32", (), held)), ((pose, color),)),
+        "avatar, all networks (float32)": (grad(lambda p: avatar_loss(p, "float32", "all", held)), both),
+        "avatar, all networks (bfloat16)": (grad(lambda p: avatar_loss(p, "bfloat16", "all", held)), both),
+        "avatar, colour net + skinning": (grad(lambda p: avatar_loss(p, "float32", ("color",), held)), both),
+        "avatar, skinning only (held outputs)": (grad(lambda p: avatar_loss(p, "float32", (), held)), both),
     }
     obj_pose = jax.tree.map(lambda x: jnp.asarray(x[t]), truth.object_poses)
     moving = moving_gaussians(avatar(*pose, cam_pos), inputs.object, obj_pose)
     raster = demo.raster.with_capacity(dynamic_pair_capacity=measure_moving_pairs(inputs, demo.initial, demo.raster))
+    small_tiles = measure_raster_config(inputs, demo.initial, ReconstructConfig(
+        tile_size=8, hsi=dataclasses.replace(ReconstructConfig().hsi, bind_scene=True)))
     scene = inputs.scene.with_group(SCENE_GROUP)
-    for label, bind in (("renderer, full (moving + scene)", False), ("renderer, scene bound once", True)):
-        render_moving, _ = scene_renderer(scene, camera, raster, background, bind)
+    for label, bind, cfg in (("renderer, full (moving + scene)", False, raster),
+                             ("renderer, scene bound once", True, raster),
+                             ("renderer, scene bound once, 8-pixel tiles", True, small_tiles)):
+        render_moving, _ = scene_renderer(scene, camera, cfg, background, bind)
 
         def render_loss(g, render_moving=render_moving):
             out = render_moving(g)
             return jnp.mean(jnp.abs(out.rgb - frame)) + jnp.mean(out.group_masks)
 
         parts[label] = (grad(render_loss), (moving,))
+    rendered = frame * 0.9 + 0.05
+    for label, blur in (("loss L1 + D-SSIM, shifted-sum blur", gaussian_blur), ("loss L1 + D-SSIM, convolution blur",
+                                                                                 gaussian_blur_conv)):
+        def rgb(x, blur=blur):
+            return 0.9 * jnp.mean(jnp.abs(x - frame)) + 0.1 * (1.0 - ssim(x, frame, blur=blur))
+
+        parts[label] = (grad(rgb), (rendered,))
     return parts
 
 
@@ -217,6 +245,8 @@ def main():
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--recommended",
                         default="network_every=0,color_every=25,bind_scene=True,network_dtype=bfloat16")
+    parser.add_argument("--recommended-cpu", default="network_every=0,color_every=25,bind_scene=True,tile_size=8",
+                        help="the levers recommended on a CPU: bfloat16 has no fast path there, small tiles do")
     parser.add_argument("--gpu", action="store_true",
                         help="the GPU suite's run: 512 px, 4 frames, the paper and the recommended levers only")
     parser.add_argument("--only", nargs="*", default=None, help="configurations to run (default: all)")
@@ -231,7 +261,6 @@ def main():
     if args.xla_cache:
         jax.config.update("jax_compilation_cache_dir", args.xla_cache)
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
-    from machine_info import machine
 
     started = time.perf_counter()
     base = paper_schedule() if args.schedule == "paper" else quick_schedule()
@@ -242,6 +271,7 @@ def main():
     if args.camera_iterations is not None:
         base = dataclasses.replace(base, camera=dataclasses.replace(base.camera, iterations=args.camera_iterations))
     configs = dict(LEVERS, recommended=parse_levers(args.recommended))
+    configs["recommended-cpu"] = parse_levers(args.recommended_cpu)
     if args.only:
         configs = {k: v for k, v in configs.items() if k in args.only or k == "paper"}
 
@@ -257,7 +287,14 @@ def main():
     runs = start_runs(demo, obs, base, configs)
     times = fit_lockstep(runs, args.frames)
     errors = accuracy(demo, runs, estimates)
-    parts = {} if args.no_parts else time_parts(part_functions(demo), args.repeats)
+    report(args, base, demo, configs, times, errors, {}, started)
+    if not args.no_parts:
+        report(args, base, demo, configs, times, errors, time_parts(part_functions(demo), args.repeats), started)
+
+
+def report(args, base, demo, configs, times, errors, parts, started):
+    """The tables, printed and written to `args.out` (first without the parts, then with them)."""
+    from machine_info import machine
 
     its, later = base.hsi.iterations, args.sequence_frames - 1
     rows = {}
@@ -295,7 +332,8 @@ def main():
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, r in rows.items():
-        label = name if name != "recommended" else f"recommended ({args.recommended})"
+        label = {"recommended": f"recommended ({args.recommended})",
+                 "recommended-cpu": f"recommended-cpu ({args.recommended_cpu})"}.get(name, name)
         lines.append(
             f"| {label} | {1000 * r['it']:.1f} | {r['hsi']:.2f} | {r['camera']:.2f} | {r['seq']:.0f} | "
             f"{paper['hsi'] / r['hsi']:.2f}x | {paper['seq'] / r['seq']:.2f}x | {r['mpjpe_stage2_mm']:.2f} | "

@@ -202,7 +202,7 @@ def measure_raster_config(inputs: SceneInputs, initial: InitialState, cfg: Recon
     where they suffice, e.g. the previous clip's in a continuation: the capacities are static in
     the compiled programs, so an unchanged config loads them from the compilation cache instead of
     compiling the pipeline again."""
-    base = RasterConfig()
+    base = RasterConfig(tile_size=cfg.tile_size)
     if cfg.tile_capacity is not None:
         return base.with_capacity(tile_capacity=cfg.tile_capacity)
     obj_pose = initial.object_pose_or_identity()
