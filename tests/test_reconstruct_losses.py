@@ -33,27 +33,39 @@ def test_gaussian_blur_equals_its_convolution_twin(shape, seed, x64):
     rng = np.random.default_rng(seed)
     img = jnp.asarray(rng.normal(size=shape))
     cotangent = jnp.asarray(rng.normal(size=shape))
-    fast, fast_vjp = jax.vjp(losses.gaussian_blur, img)
+    fast, fast_vjp = jax.vjp(losses.gaussian_blur_shifted, img)
     ref, ref_vjp = jax.vjp(losses.gaussian_blur_conv, img)
     assert fast.dtype == jnp.float64
     np.testing.assert_allclose(np.asarray(fast), np.asarray(ref), rtol=0, atol=1e-13)
-    np.testing.assert_allclose(np.asarray(fast_vjp(cotangent)[0]), np.asarray(ref_vjp(cotangent)[0]), rtol=0, atol=1e-13)
+    (grad,), (ref_grad,) = fast_vjp(cotangent), ref_vjp(cotangent)
+    np.testing.assert_allclose(np.asarray(grad), np.asarray(ref_grad), rtol=0, atol=1e-13)
     # Under vmap (seeds) as well.
-    batched = jax.vmap(losses.gaussian_blur)(jnp.stack([img, 2 * img]))
+    batched = jax.vmap(losses.gaussian_blur_shifted)(jnp.stack([img, 2 * img]))
     np.testing.assert_allclose(np.asarray(batched[1]), 2 * np.asarray(ref), rtol=0, atol=1e-12)
+
+
+def test_the_cpu_blur_compiles_without_convolutions():
+    """On the CPU `gaussian_blur` is the shifted sums, forward and backward (XLA's CPU convolutions
+    are what made D-SSIM slow); the convolution twin compiles to convolutions."""
+    img = jnp.zeros((16, 12, 3), jnp.float32)
+    grad = lambda blur: jax.jit(jax.grad(lambda x: jnp.sum(jnp.sin(blur(x)))))  # noqa: E731
+    assert " convolution(" not in grad(losses.gaussian_blur).lower(img).compile().as_text()
+    assert " convolution(" in grad(losses.gaussian_blur_conv).lower(img).compile().as_text()
 
 
 def test_ssim_gradient_matches_the_convolution_ssim_and_finite_differences(seed, x64):
     rng = np.random.default_rng(seed)
     target = jnp.asarray(rng.uniform(size=(12, 14, 3)))
     img = jnp.asarray(rng.uniform(size=(12, 14, 3)))
-    value, grad = jax.value_and_grad(losses.ssim)(img, target)
+    value, grad = jax.value_and_grad(lambda x: losses.ssim(x, target, blur=losses.gaussian_blur_shifted))(img)
     ref_value, ref_grad = jax.value_and_grad(lambda x: losses.ssim(x, target, blur=losses.gaussian_blur_conv))(img)
     assert float(value) == pytest.approx(float(ref_value), abs=1e-13)
     np.testing.assert_allclose(np.asarray(grad), np.asarray(ref_grad), rtol=0, atol=1e-13)
     direction = jnp.asarray(rng.normal(size=img.shape))
     h = 1e-6
     numeric = (losses.ssim(img + h * direction, target) - losses.ssim(img - h * direction, target)) / (2 * h)
+    # The platform's blur (shifted sums on the CPU, convolutions elsewhere) gives the same gradient.
+    np.testing.assert_allclose(np.asarray(jax.grad(losses.ssim)(img, target)), np.asarray(ref_grad), rtol=0, atol=1e-13)
     assert float(jnp.vdot(grad, direction)) == pytest.approx(float(numeric), rel=1e-6)
 
 

@@ -64,14 +64,22 @@ def _separable_blur_bwd(size, sigma, _, grad):
 _separable_blur.defvjp(_separable_blur_fwd, _separable_blur_bwd)
 
 
+def gaussian_blur_shifted(img: Float[Array, "H W C"], size: int = 11, sigma: float = 1.5) -> Float[Array, "H W C"]:
+    """The separable Gaussian filter as shifted sums, the blur being its own backward: what
+    `gaussian_blur` runs on the CPU."""
+    return _separable_blur(img, size, sigma)
+
+
 def gaussian_blur(img: Float[Array, "H W C"], size: int = 11, sigma: float = 1.5) -> Float[Array, "H W C"]:
     """Separable Gaussian filter with zero padding ('same' size), as the 3DGS ssim does.
 
-    Shifted sums with the blur as its own backward: XLA's CPU convolutions took 60x longer for
-    these single-channel filters (64x64x15 forward: 10 ms against 0.16 ms; 1280x720: 1.6 s
-    against 0.13 s), and a third of an HSI iteration at the demo's size. `gaussian_blur_conv`
-    is its plain twin."""
-    return _separable_blur(img, size, sigma)
+    On the CPU as shifted sums (`gaussian_blur_shifted`): XLA's CPU convolutions took 60x longer for
+    these single-channel filters (64x64x15 forward: 10 ms against 0.16 ms; 1280x720: 1.6 s against
+    0.13 s), a third of an HSI iteration at the demo's size. Elsewhere as two convolutions
+    (`gaussian_blur_conv`, also the reference twin), which GPU libraries run well and which
+    XLA's cost analysis counts as the work they are (it counts every shifted read in full)."""
+    return jax.lax.platform_dependent(img, cpu=lambda x: gaussian_blur_shifted(x, size, sigma),
+                                      default=lambda x: gaussian_blur_conv(x, size, sigma))
 
 
 def gaussian_blur_conv(img: Float[Array, "H W C"], size: int = 11, sigma: float = 1.5) -> Float[Array, "H W C"]:
@@ -100,14 +108,14 @@ def ssim(rendered: Float[Array, "H W C"], target: Float[Array, "H W C"], window_
     return jnp.mean(num / den)
 
 
-def dssim_loss(rendered, target) -> Float[Array, ""]:
+def dssim_loss(rendered, target, blur=gaussian_blur) -> Float[Array, ""]:
     """D-SSIM as the 3DGS code (which ZeroHSI builds on) uses it: 1 - SSIM."""
-    return 1.0 - ssim(rendered, target)
+    return 1.0 - ssim(rendered, target, blur=blur)
 
 
-def rgb_loss(rendered, target, ssim_weight: float = 0.1) -> Float[Array, ""]:
+def rgb_loss(rendered, target, ssim_weight: float = 0.1, blur=gaussian_blur) -> Float[Array, ""]:
     """Eq. 10: L_rgb = (1 - lambda) L1 + lambda L_D-SSIM."""
-    return (1.0 - ssim_weight) * l1_loss(rendered, target) + ssim_weight * dssim_loss(rendered, target)
+    return (1.0 - ssim_weight) * l1_loss(rendered, target) + ssim_weight * dssim_loss(rendered, target, blur)
 
 
 # ------------------------------------------------------------------------------- camera tracking
