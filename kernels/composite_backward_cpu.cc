@@ -15,56 +15,21 @@
 
 #include "composite_backward.h"
 #include "composite_backward_ffi.h"
+#include "composite_cpu.h"
 
 namespace zerohsi {
 namespace {
-
-// Calls fn(worker, i) for every i in [0, n), on up to `num_threads` threads that take items
-// in turn (tiles differ widely in cost, so a static split would leave threads idle).
-template <typename Fn>
-void parallel_for(int64_t n, int num_threads, Fn&& fn) {
-  const int workers = int(std::max<int64_t>(1, std::min<int64_t>(num_threads, n)));
-  std::atomic<int64_t> next{0};
-  auto run = [&](int worker) {
-    for (int64_t i = next.fetch_add(1); i < n; i = next.fetch_add(1)) fn(worker, i);
-  };
-  std::vector<std::thread> threads;
-  threads.reserve(workers - 1);
-  for (int w = 1; w < workers; ++w) threads.emplace_back(run, w);
-  run(0);
-  for (auto& th : threads) th.join();
-}
-
-// Pixels stepped together through a slot as one vector (composite_backward.h's lanes): a pack
-// shares one bounding-box test per slot, which rejects most of a tile's slots for all of its
-// pixels at once, and the arithmetic of the slots that remain runs on all lanes together.
-template <typename Real>
-struct PackTypes;
-template <>
-struct PackTypes<float> {
-  using Lanes = FloatLanes;
-  using Mask = FloatMask;
-};
-template <>
-struct PackTypes<double> {
-  using Lanes = DoubleLanes;
-  using Mask = DoubleMask;
-};
 
 // One tile's slot parameters gathered contiguously, and per-lane gradient sums; reused across
 // tiles by a worker.
 template <typename Real>
 struct TileWorkspace {
   using V = typename PackTypes<Real>::Lanes;
-  std::vector<Real> mean_x, mean_y, conic_a, conic_b, conic_c, opacity, sigma_cutoff, features;
-  std::vector<Real> lo_x, hi_x, lo_y, hi_y;  // box outside of which the slot adds nothing
-  std::vector<V> lane_grads;                  // (slot, 6 + C): sums over packs, one per lane
-  std::vector<V> grad_lanes;                  // (C): the pack's cotangents, channel-major
+  TileSlots<Real> slots;
+  std::vector<V> lane_grads;  // (slot, 6 + C): sums over packs, one per lane
+  std::vector<V> grad_lanes;  // (C): the pack's cotangents, channel-major
   void resize(int64_t capacity, int64_t channels) {
-    for (auto* v : {&mean_x, &mean_y, &conic_a, &conic_b, &conic_c, &opacity, &sigma_cutoff, &lo_x, &hi_x, &lo_y,
-                    &hi_y})
-      v->resize(capacity);
-    features.resize(capacity * channels);
+    slots.resize(capacity, channels);
     lane_grads.resize(capacity * (kGeomGrads + channels));
     grad_lanes.resize(channels);
   }
@@ -87,29 +52,8 @@ void tile_backward(const Arguments<Real>& in, const CompositeShapes& sh, const C
   const Real* features = in.features + b * n * c;
   const Real* background = in.background + b * c;
 
-  for (int64_t j = 0; j < count; ++j) {
-    const int64_t id = ids[j];
-    const bool usable = id >= 0 && id < n;
-    const int64_t g = usable ? id : 0;
-    ws.mean_x[j] = means2d[2 * g];
-    ws.mean_y[j] = means2d[2 * g + 1];
-    ws.conic_a[j] = conics[3 * g];
-    ws.conic_b[j] = conics[3 * g + 1];
-    ws.conic_c[j] = conics[3 * g + 2];
-    ws.opacity[j] = opacities[g];
-    ws.sigma_cutoff[j] = usable ? sigma_cutoff_for(ws.opacity[j], k.alpha_min) : Real(-1);
-    Real half_x, half_y;
-    if (contour_half_extents(ws.conic_a[j], ws.conic_b[j], ws.conic_c[j], ws.sigma_cutoff[j], half_x, half_y)) {
-      ws.lo_x[j] = ws.mean_x[j] - half_x;
-      ws.hi_x[j] = ws.mean_x[j] + half_x;
-      ws.lo_y[j] = ws.mean_y[j] - half_y;
-      ws.hi_y[j] = ws.mean_y[j] + half_y;
-    } else {  // an empty box
-      ws.lo_x[j] = ws.lo_y[j] = Real(INFINITY);
-      ws.hi_x[j] = ws.hi_y[j] = -Real(INFINITY);
-    }
-    std::memcpy(&ws.features[j * c], &features[g * c], sizeof(Real) * c);
-  }
+  TileSlots<Real>& sl = ws.slots;
+  sl.gather(ids, count, n, c, means2d, conics, opacities, features, k.alpha_min);
   std::fill(ws.lane_grads.begin(), ws.lane_grads.begin() + count * width, V{});
   std::fill(background_grad, background_grad + c, Real(0));
   V* grad = ws.grad_lanes.data();
@@ -151,17 +95,17 @@ void tile_backward(const Arguments<Real>& in, const CompositeShapes& sh, const C
     PixelBackwardState<V> state = start_pixel(final_trans, grad_dot_background);
 
     for (int64_t j = pack_last - 1; j >= 0; --j) {
-      if (ws.hi_x[j] < box_lo_x || ws.lo_x[j] > box_hi_x || ws.hi_y[j] < box_lo_y || ws.lo_y[j] > box_hi_y) continue;
+      if (sl.misses(j, box_lo_x, box_hi_x, box_lo_y, box_hi_y)) continue;
       SlotAlpha<V> s;
       const Mask active = Real(j) < last;
-      const Mask mask = evaluate_alpha(active, px, py, ws.mean_x[j], ws.mean_y[j], ws.conic_a[j], ws.conic_b[j],
-                                       ws.conic_c[j], ws.opacity[j], ws.sigma_cutoff[j], k, s);
+      const Mask mask = evaluate_alpha(active, px, py, sl.mean_x[j], sl.mean_y[j], sl.conic_a[j], sl.conic_b[j],
+                                       sl.conic_c[j], sl.opacity[j], sl.sigma_cutoff[j], k, s);
       if (!any_lane(mask)) continue;
-      const Real* f = &ws.features[j * c];
+      const Real* f = &sl.features[j * c];
       V grad_dot_feature{};
       for (int64_t ch = 0; ch < c; ++ch) grad_dot_feature += grad[ch] * f[ch];
       const SlotGradient<V> sg =
-          backward_through_slot(mask, s, ws.conic_a[j], ws.conic_b[j], ws.conic_c[j], grad_dot_feature, k, state);
+          backward_through_slot(mask, s, sl.conic_a[j], sl.conic_b[j], sl.conic_c[j], grad_dot_feature, k, state);
       V* row = &ws.lane_grads[j * width];
       row[0] += sg.mean[0];
       row[1] += sg.mean[1];

@@ -21,9 +21,11 @@ namespace zerohsi {
 namespace ffi = xla::ffi;
 
 // Checks that `buffer` has the leading dimensions `batch_dims` followed by `trailing`
-// (entries < 0 are read from the buffer and returned through `trailing`).
+// (entries < 0 are read from the buffer and returned through `trailing`); `what` names the
+// kernel in the error.
 inline bool match_shape(const ffi::AnyBuffer& buffer, const char* name, const std::vector<int64_t>& batch_dims,
-                        std::vector<int64_t>& trailing, std::string& error) {
+                        std::vector<int64_t>& trailing, std::string& error,
+                        const char* what = "composite backward") {
   auto dims = buffer.dimensions();
   const size_t rank = batch_dims.size() + trailing.size();
   bool ok = dims.size() == rank;
@@ -34,7 +36,7 @@ inline bool match_shape(const ffi::AnyBuffer& buffer, const char* name, const st
     ok = trailing[i] == d;
   }
   if (!ok) {
-    error = std::string("composite backward: unexpected shape of ") + name + " (rank " +
+    error = std::string(what) + ": unexpected shape of " + name + " (rank " +
             std::to_string(dims.size()) + ")";
     for (size_t i = 0; i < dims.size(); ++i) error += (i ? "," : " [") + std::to_string(dims[i]);
     error += dims.size() ? "]" : "";

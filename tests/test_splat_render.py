@@ -146,6 +146,30 @@ def test_sparse_binning_equals_dense_binning(seed):
         assert np.all(np.diff(depth[np.asarray(sparse.ids[t, :n])]) >= 0)
 
 
+@pytest.mark.parametrize("num_tiles, n, key", [(40, 1000, "int32"), (1, 2**30, "int32"), (3, 2**30, "uint32"),
+                                              (4, 2**30, "two keys")])
+def test_pairs_sort_by_tile_then_depth_rank_whatever_the_key_width(seed, num_tiles, n, key):
+    """The pairs' one-key sort packs tile * n + rank into int32 or uint32 where (tiles + 1) * n fits,
+    else sorts the two keys: every way orders by tile, then rank, as a lexicographic sort does."""
+    from zerohsi_jax.splat.binning import _sort_pairs_by_tile
+
+    rng = np.random.default_rng(seed)
+    size = 3000
+    tile = rng.integers(0, num_tiles + 1, size)  # num_tiles: the padding slots' tile
+    rank = rng.integers(0, n, size)
+    # Within a tile a Gaussian appears once: no repeated (tile, rank).
+    _, first = np.unique(tile.astype(np.int64) * n + rank, return_index=True)
+    tile, rank = tile[np.sort(first)], rank[np.sort(first)]
+    largest = (num_tiles + 1) * n - 1
+    assert {"int32": largest < 2**31, "uint32": 2**31 <= largest < 2**32, "two keys": largest >= 2**32}[key]
+    got_tile, got_rank = jax.jit(_sort_pairs_by_tile, static_argnums=(2, 3))(
+        jnp.asarray(tile, jnp.int32), jnp.asarray(rank, jnp.int32), num_tiles, n)
+    order = np.lexsort((rank, tile))
+    np.testing.assert_array_equal(np.asarray(got_tile), tile[order])
+    np.testing.assert_array_equal(np.asarray(got_rank), rank[order])
+    assert got_tile.dtype == jnp.int32 and got_rank.dtype == jnp.int32
+
+
 def test_tile_overflow_is_counted_and_warned(seed):
     rng = np.random.default_rng(seed)
     g = random_scene(rng, 300, log_scale_range=(-1.5, -1.0))

@@ -192,7 +192,9 @@ def part_functions(demo, hsi_frame: int = 1):
     scene = inputs.scene.with_group(SCENE_GROUP)
     for label, bind, cfg in (("renderer, full (moving + scene)", False, raster),
                              ("renderer, scene bound once", True, raster),
-                             ("renderer, scene bound once, 8-pixel tiles", True, small_tiles)):
+                             ("renderer, scene bound once, 8-pixel tiles", True, small_tiles),
+                             ("renderer, scene bound once, 8-pixel tiles, XLA's forward loop", True,
+                              dataclasses.replace(small_tiles, forward="jax"))):
         render_moving, _ = scene_renderer(scene, camera, cfg, background, bind)
 
         def render_loss(g, render_moving=render_moving):

@@ -26,6 +26,12 @@ class TileBins(eqx.Module):
     """Tile-Gaussian pairs in the image (the pair capacity that drops nothing)."""
 
 
+def prefix_sum(x: Int[Array, "..."], axis: int = 0) -> Int[Array, "..."]:
+    """Inclusive running sum of integers along `axis`, as a log-depth associative scan: XLA's CPU
+    cumsum took 2-3x longer (0.60 vs 0.30 ms at 32k entries, 1.8 vs 0.8 ms on 64 x 2816 rows)."""
+    return jax.lax.associative_scan(jnp.add, x, axis=axis)
+
+
 def tile_grid(width: int, height: int, tile_size: int) -> tuple[int, int]:
     return -(-width // tile_size), -(-height // tile_size)
 
@@ -98,21 +104,37 @@ def sorted_tile_pairs(proj: Projected, width: int, height: int, cfg: RasterConfi
     depth = jnp.where(proj.visible, jax.lax.stop_gradient(proj.depths), jnp.inf)
     order = jnp.argsort(depth, stable=True).astype(jnp.int32)
     n_sorted = n_tiles[order]
-    end = jnp.cumsum(n_sorted)
+    end = prefix_sum(n_sorted)
     start = end - n_sorted
     num_pairs = end[-1]
 
     # Pair p belongs to the last sorted Gaussian whose run starts at or before p: mark each
     # run start and take a running count (linear, no per-pair binary search).
     marks = jnp.zeros((num_slots,), jnp.int32).at[start].add(1, mode="drop")
-    rank = jnp.clip(jnp.cumsum(marks) - 1, 0, n - 1)
+    rank = jnp.clip(prefix_sum(marks) - 1, 0, n - 1)
     gid = order[rank]
     local = jnp.arange(num_slots, dtype=jnp.int32) - start[rank]
     width_tiles = (x1 - x0 + 1)[gid]
     tile = (y0[gid] + local // width_tiles) * tiles_x + x0[gid] + local % width_tiles
     tile = jnp.where(jnp.arange(num_slots) < num_pairs, tile, num_tiles)
-    tile_sorted, gid_sorted = jax.lax.sort((tile, gid), num_keys=1, is_stable=True)
-    return tile_sorted, gid_sorted, num_pairs, (x0, x1, y0, y1), n_tiles
+    tile_sorted, rank_sorted = _sort_pairs_by_tile(tile, rank, num_tiles, n)
+    return tile_sorted, order[rank_sorted], num_pairs, (x0, x1, y0, y1), n_tiles
+
+
+def _sort_pairs_by_tile(tile, rank, num_tiles: int, n: int):
+    """Pairs ordered by tile, then by their Gaussian's depth rank (`rank`, unique within a tile).
+
+    Both go into one integer key, tile * n + rank, sorted alone: XLA sorts a single key of a
+    primitive type on a fast path (on the CPU 6-8x faster than the stable sort of a (tile, Gaussian)
+    key-value pair, 10.2 -> 1.6 ms at 32k pairs, 108 -> 14 ms at 262k; GPUs radix-sort it).
+    The keys are unique, so stability is not needed. When (tiles + 1) * n does not fit 32 bits,
+    a two-key sort does the same."""
+    largest = (num_tiles + 1) * n - 1
+    if largest >= 2**32:
+        return jax.lax.sort((tile, rank), num_keys=2)
+    dtype = jnp.int32 if largest < 2**31 else jnp.uint32
+    key = jnp.sort(tile.astype(dtype) * dtype(n) + rank.astype(dtype))
+    return (key // dtype(n)).astype(jnp.int32), (key % dtype(n)).astype(jnp.int32)
 
 
 def tile_counts(ranges, n_tiles: Int[Array, " N"], tiles_x: int, tiles_y: int) -> Int[Array, " T"]:
@@ -122,4 +144,4 @@ def tile_counts(ranges, n_tiles: Int[Array, " N"], tiles_x: int, tiles_y: int) -
     w = (n_tiles > 0).astype(jnp.int32)
     corners = jnp.zeros((tiles_y + 1, tiles_x + 1), jnp.int32)
     corners = corners.at[y0, x0].add(w).at[y0, x1 + 1].add(-w).at[y1 + 1, x0].add(-w).at[y1 + 1, x1 + 1].add(w)
-    return jnp.cumsum(jnp.cumsum(corners, axis=0), axis=1)[:tiles_y, :tiles_x].reshape(-1)
+    return prefix_sum(prefix_sum(corners, axis=0), axis=1)[:tiles_y, :tiles_x].reshape(-1)

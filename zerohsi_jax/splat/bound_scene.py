@@ -88,7 +88,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int
 
-from .binning import TileBins, bin_gaussians, sorted_tile_pairs, tile_counts, tile_grid, tile_ranges
+from .binning import TileBins, bin_gaussians, prefix_sum, sorted_tile_pairs, tile_counts, tile_grid, tile_ranges
 from .camera import Camera
 from .composite_step import tiles_to_image
 from .config import RasterConfig
@@ -288,7 +288,8 @@ def merge_pairs_into_tile_lists(
     pair_at = jnp.zeros((num_tiles, capacity), jnp.int32).at[target_tile, slot].set(
         pair_ids.astype(jnp.int32), mode="drop"
     )
-    pairs_before = jnp.cumsum(is_pair, axis=1, dtype=jnp.int32) - is_pair
+    is_pair_count = is_pair.astype(jnp.int32)
+    pairs_before = prefix_sum(is_pair_count, axis=1) - is_pair_count
     list_slot = jnp.clip(jnp.arange(capacity, dtype=jnp.int32)[None, :] - pairs_before, 0, k1 - 1)
     from_list = jnp.take_along_axis(list_ids.astype(jnp.int32), list_slot, axis=1)
     counts = jnp.minimum(list_counts + run_len, capacity).astype(jnp.int32)

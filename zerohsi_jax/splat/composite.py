@@ -17,7 +17,10 @@ INRIA and gsplat backward kernels. Its inputs and residuals are plain arrays so 
 kernel can replace it. This module chooses the backward, after `RasterConfig.backward`: the
 compiled kernel (`kernel_backward`), `composite_backward` (the same walk in pure JAX), or the
 twin `reference.composite_autodiff` (the same forward steps, `composite_step`, as a scan under
-plain autodiff; the reference the tests compare the custom backward with).
+plain autodiff; the reference the tests compare the custom backward with). The forward is chosen
+after `RasterConfig.forward`: on the CPU the compiled forward (`kernel_backward`, the same steps
+per pixel, each pack of pixels leaving its slot loop when it has stopped), else this module's
+loop, `composite_forward_jax`.
 """
 
 from __future__ import annotations
@@ -60,6 +63,31 @@ def _sort_tiles(ids, counts, pix):
 
 
 def _composite_forward(means2d, conics, opacities, features, background, ids, counts, pix, cfg: RasterConfig):
+    """The composited tiles, final transmittance and stop index, computed after
+    `RasterConfig.forward`: on the CPU the compiled forward where it is built (`kernel_backward`
+    loads both), elsewhere XLA's loop (`composite_forward_jax`). The choice is made when XLA lowers
+    for a platform, as for the backward."""
+    args = (means2d, conics, opacities, features, background, ids, counts, pix)
+    if cfg.forward == "jax":
+        return composite_forward_jax(*args, cfg)
+    from . import kernel_backward  # not at import: see `_compiled_backward`
+
+    built = kernel_backward.load_kernel("cpu") and kernel_backward.has_forward("cpu")
+    if not built:
+        if cfg.forward == "kernel":
+            raise kernel_backward.KernelUnavailableError(
+                f"RasterConfig(forward='kernel') but the compiled forward is unavailable on the CPU: "
+                f"{kernel_backward.kernel_status('cpu')}. Use forward='auto' or 'jax' for XLA's loop."
+            )
+        return composite_forward_jax(*args, cfg)  # 'auto': the backward's fallback warns once for both
+    return jax.lax.platform_dependent(
+        *args,
+        cpu=lambda *a: kernel_backward.kernel_composite_forward(*a, cfg),
+        default=lambda *a: composite_forward_jax(*a, cfg),
+    )
+
+
+def composite_forward_jax(means2d, conics, opacities, features, background, ids, counts, pix, cfg: RasterConfig):
     """Front to back over chunks. Tiles run sorted by count and the loop narrows to the prefix of
     tiles that still have slots (T, T/4, ...), so a few crowded tiles (a small, detailed human in
     a wide shot) do not make every tile loop to their count; each level also stops once every

@@ -1,11 +1,12 @@
-"""Building the compiled compositing backward: find the sources and compilers, key the cache, compile.
+"""Building the compiled compositing kernels: find the sources and compilers, key the cache, compile.
 
-The sources live in `kernels/` (one header of per-pixel arithmetic, one of the FFI signature, a
-threaded CPU driver and a CUDA kernel). They are compiled on first use into the `kernels` folder
-of the package's cache root (`zerohsi_jax.cache`), keyed on everything that changes the binary:
-the sources and every header beside them, the jaxlib version (whose FFI headers they include), the
-compiler, the flags and, since the CPU build uses -march=native, the CPU's instruction set
-extensions (for CUDA: the GPU architecture and the host compiler nvcc drives).
+The sources live in `kernels/` (one header of per-pixel arithmetic, one of the FFI signature, the
+threaded CPU drivers of the backward and the forward, and the backward's CUDA kernel). They are
+compiled on first use into the `kernels` folder of the package's cache root (`zerohsi_jax.cache`),
+keyed on everything that changes the binary: the sources and every header beside them, the jaxlib
+version (whose FFI headers they include), the compiler, the flags and, since the CPU build uses
+-march=native, the CPU's instruction set extensions (for CUDA: the GPU architecture and the host
+compiler nvcc drives).
 
 Loading and calling the built library is `kernel_backward`'s; this module knows nothing of XLA
 beyond the location of its FFI headers.
@@ -43,9 +44,12 @@ import jaxlib
 from ..cache import cache_dir as package_cache_dir
 from ..files import atomic_write
 
+# Per platform: the translation units compiled into its one library, and the headers they include.
+# The CPU library holds the compositing forward too (a CUDA forward is XLA's own loop).
 _SOURCES = {
-    "cpu": ("composite_backward_cpu.cc", ["composite_backward.h", "composite_backward_ffi.h"]),
-    "cuda": ("composite_backward_cuda.cu", ["composite_backward.h", "composite_backward_ffi.h"]),
+    "cpu": (["composite_backward_cpu.cc", "composite_forward_cpu.cc"],
+            ["composite_backward.h", "composite_backward_ffi.h", "composite_cpu.h"]),
+    "cuda": (["composite_backward_cuda.cu"], ["composite_backward.h", "composite_backward_ffi.h"]),
 }
 _BUILD_TIMEOUT_S = 600
 
@@ -67,7 +71,7 @@ def kernel_source_dir() -> Path:
         Path(site.USER_BASE or "~").expanduser() / "share" / "zerohsi_jax" / "kernels",  # pip --user
     ]
     for candidate in candidates:
-        if (candidate / _SOURCES["cpu"][0]).is_file():
+        if (candidate / _SOURCES["cpu"][0][0]).is_file():
             return candidate
     raise KernelBuildError(
         "the kernel sources were not found (looked in " + ", ".join(str(c) for c in candidates) + "); "
@@ -165,7 +169,7 @@ def build_plan(platform: str = "cpu", source_dir: Path | None = None) -> BuildPl
     if platform not in _SOURCES:
         raise ValueError(f"platform must be 'cpu' or 'cuda', got {platform!r}")
     source_dir = Path(source_dir) if source_dir is not None else kernel_source_dir()
-    main, headers = _SOURCES[platform]
+    units, headers = _SOURCES[platform]
     include = jax.ffi.include_dir()
     if platform == "cpu":
         compiler = _cxx()
@@ -180,15 +184,15 @@ def build_plan(platform: str = "cpu", source_dir: Path | None = None) -> BuildPl
         host = _cxx()
         host_stat = os.stat(host)
         machine = f"{arch}|{host}|{host_stat.st_size}|{host_stat.st_mtime_ns}"
-    command = [compiler, *flags, "-isystem", include, "-I", str(source_dir), str(source_dir / main)]
+    command = [compiler, *flags, "-isystem", include, "-I", str(source_dir), *(str(source_dir / u) for u in units)]
 
     digest = hashlib.sha256()
-    for name in (main, *headers):
+    for name in (*units, *headers):
         if not (source_dir / name).is_file():
             raise KernelBuildError(f"kernel source {source_dir / name} is missing")
     # Every header beside the sources, not only the listed ones: a header newly included
     # changes the build too.
-    for name in sorted({main, *headers, *(p.name for p in source_dir.glob("*.h"))}):
+    for name in sorted({*units, *headers, *(p.name for p in source_dir.glob("*.h"))}):
         digest.update(name.encode() + b"\0" + (source_dir / name).read_bytes() + b"\0")
     stat = os.stat(compiler)
     for part in (
