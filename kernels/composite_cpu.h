@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cmath>
 #include <cstdint>
 #include <thread>
 #include <vector>
@@ -50,11 +51,13 @@ template <typename Real>
 struct TileSlots {
   std::vector<Real> mean_x, mean_y, conic_a, conic_b, conic_c, opacity, sigma_cutoff, features;
   std::vector<Real> lo_x, hi_x, lo_y, hi_y;
+  std::vector<char> nonfinite_features;  // a NaN or infinity among the slot's channels
   void resize(int64_t capacity, int64_t channels) {
     for (auto* v : {&mean_x, &mean_y, &conic_a, &conic_b, &conic_c, &opacity, &sigma_cutoff, &lo_x, &hi_x, &lo_y,
                     &hi_y})
       v->resize(capacity);
     features.resize(capacity * channels);
+    nonfinite_features.resize(capacity);
   }
 
   // Gathers the first `count` slots of a tile (`ids`) of one batch element's Gaussians.
@@ -82,6 +85,9 @@ struct TileSlots {
         hi_x[j] = hi_y[j] = -Real(INFINITY);
       }
       std::copy(features_in + g * c, features_in + (g + 1) * c, &features[j * c]);
+      bool finite = true;
+      for (int64_t ch = 0; ch < c; ++ch) finite = finite && std::isfinite(features[j * c + ch]);
+      nonfinite_features[j] = !finite;
     }
   }
 

@@ -26,18 +26,6 @@ namespace zerohsi {
 namespace {
 
 template <typename Real>
-struct ForwardArguments {
-  const Real* means2d;
-  const Real* conics;
-  const Real* opacities;
-  const Real* features;
-  const Real* background;
-  const int32_t* ids;
-  const int32_t* counts;
-  const Real* pix;
-};
-
-template <typename Real>
 struct ForwardResults {
   Real* out;        // (T, P, C)
   Real* trans;      // (T, P)
@@ -63,7 +51,7 @@ struct ForwardWorkspace {
 };
 
 template <typename Real>
-void tile_forward(const ForwardArguments<Real>& in, const ForwardResults<Real>& res, const CompositeShapes& sh,
+void tile_forward(const Arguments<Real>& in, const ForwardResults<Real>& res, const CompositeShapes& sh,
                   const CompositeConstants<Real>& k, Real transmittance_min, int64_t b, int64_t tile,
                   ForwardWorkspace<Real>& ws) {
   using V = typename PackTypes<Real>::Lanes;
@@ -101,6 +89,13 @@ void tile_forward(const ForwardArguments<Real>& in, const ForwardResults<Real>& 
     for (int64_t ch = 0; ch < c; ++ch) acc[ch] = V{};
 
     for (int64_t j = 0; j < count; ++j) {
+      if (sl.nonfinite_features[j]) {
+        // XLA's loop adds weight * f to every pixel of the tile, 0 where the slot does not count,
+        // so a NaN or infinite channel of a listed Gaussian turns the tile's pixels NaN there: a
+        // diverged fit shows in the loss instead of hiding behind skipped slots. Do the same.
+        const Real* f = &sl.features[j * c];
+        for (int64_t ch = 0; ch < c; ++ch) acc[ch] += V{} * f[ch];
+      }
       if (sl.misses(j, box_lo_x, box_hi_x, box_lo_y, box_hi_y)) continue;
       SlotAlpha<V> s;
       const Mask keep = evaluate_alpha(~done, px, py, sl.mean_x[j], sl.mean_y[j], sl.conic_a[j], sl.conic_b[j],
@@ -132,7 +127,7 @@ void tile_forward(const ForwardArguments<Real>& in, const ForwardResults<Real>& 
 }
 
 template <typename Real>
-void composite_forward_cpu(const ForwardArguments<Real>& in, const ForwardResults<Real>& res,
+void composite_forward_cpu(const Arguments<Real>& in, const ForwardResults<Real>& res,
                            const CompositeShapes& sh, const CompositeConstants<Real>& k, Real transmittance_min,
                            int num_threads) {
   std::vector<ForwardWorkspace<Real>> workspaces(std::max(1, num_threads));
@@ -194,10 +189,13 @@ void run(ffi::AnyBuffer means2d, ffi::AnyBuffer conics, ffi::AnyBuffer opacities
          ffi::AnyBuffer background, ffi::AnyBuffer ids, ffi::AnyBuffer counts, ffi::AnyBuffer pix,
          ffi::AnyBuffer out, ffi::AnyBuffer trans, ffi::AnyBuffer stop, const CompositeShapes& shapes,
          double alpha_max, double alpha_min, double transmittance_min, int num_threads) {
-  const ForwardArguments<Real> in{means2d.typed_data<Real>(),    conics.typed_data<Real>(),
-                                  opacities.typed_data<Real>(),  features.typed_data<Real>(),
-                                  background.typed_data<Real>(), ids.typed_data<int32_t>(),
-                                  counts.typed_data<int32_t>(),  pix.typed_data<Real>()};
+  // The backward's argument list; the forward has no residuals or cotangent yet.
+  const Arguments<Real> in{means2d.typed_data<Real>(),    conics.typed_data<Real>(),
+                           opacities.typed_data<Real>(),  features.typed_data<Real>(),
+                           background.typed_data<Real>(), ids.typed_data<int32_t>(),
+                           counts.typed_data<int32_t>(),  pix.typed_data<Real>(),
+                           nullptr,                       nullptr,
+                           nullptr};
   const ForwardResults<Real> res{out.typed_data<Real>(), trans.typed_data<Real>(), stop.typed_data<int32_t>()};
   composite_forward_cpu(in, res, shapes, CompositeConstants<Real>{Real(alpha_max), Real(alpha_min)},
                         Real(transmittance_min), num_threads);

@@ -179,3 +179,17 @@ def test_kernel_rejects_inconsistent_shapes():
     short_counts = (*args[:6], args[6][:-1], args[7])
     with pytest.raises(Exception, match="composite forward: unexpected shape of counts"):
         jax.block_until_ready(kb.kernel_composite_forward(*short_counts, cfg))
+
+
+def test_a_nan_channel_of_a_listed_gaussian_shows_as_in_xlas_loop(x64):
+    """XLA's loop adds weight * f (0 where a slot does not count) to every pixel of a tile, so a NaN
+    channel of any Gaussian in the tile's list makes the tile NaN there; the kernel must too, or a
+    listed Gaussian gone NaN would leave the loss finite where XLA's loop makes it NaN."""
+    scene = random_scene(14, 120, opacity=(0.05, 0.3))  # translucent: no pixel stops
+    listed = scene["ids"][0, : scene["counts"][0]]
+    scene["features"][listed[len(listed) // 2], 1] = np.nan
+    tiles, _, _ = _kernel_forward(*forward_inputs(scene, CFG), CFG)
+    expected, _, _ = _jax_forward(*forward_inputs(scene, CFG), CFG)
+    nan = np.isnan(np.asarray(tiles))
+    np.testing.assert_array_equal(nan, np.isnan(np.asarray(expected)))
+    assert nan[0, :, 1].all() and not nan[:, :, 0].any()

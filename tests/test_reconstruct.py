@@ -131,7 +131,8 @@ def test_nan_stops_the_run_naming_frame_stage_and_term(problem, tmp_path):
 
     obs = _observations(problem, [0])
     obs = dataclasses.replace(obs, pose_estimates=obs.pose_estimates.at[0, 1, 4].set(jnp.nan))
-    with pytest.raises(ReconstructionDiverged, match=r"HSI fit diverged at frame 1.*'rgb'"):
+    # A NaN pose culls the Gaussians it moves, so the losses may stay finite: the fitted pose is checked too.
+    with pytest.raises(ReconstructionDiverged, match=r"HSI fit diverged at frame 1: the fitted .*body_pose"):
         _run(problem, obs, run_dir=tmp_path / "b")
     assert (tmp_path / "b" / "frames" / "frame_0000.npz").exists()
     assert not (tmp_path / "b" / "frames" / "frame_0001.npz").exists()

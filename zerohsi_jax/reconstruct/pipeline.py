@@ -117,6 +117,20 @@ def _first_bad(stage: str, frame: int, totals, terms: Mapping[str, np.ndarray]):
     )
 
 
+def _nonfinite_fit(stage: str, frame: int, poses: Mapping) -> None:
+    """Raise ReconstructionDiverged naming the fitted poses (human, object) that are not finite. A NaN pose
+    can leave every loss finite: the Gaussians it moves are culled from the view (a renderer that
+    read padding slots of the tile lists used to leak their NaN into the image by accident)."""
+    bad = [jax.tree_util.keystr(path) for path, leaf in jax.tree_util.tree_flatten_with_path(poses)[0]
+           if eqx.is_inexact_array_like(leaf) and not np.all(np.isfinite(np.asarray(leaf)))]
+    if bad:
+        raise ReconstructionDiverged(
+            f"{stage} diverged at frame {frame}: the fitted {', '.join(bad)} became NaN or infinite (its loss "
+            "stayed finite). Every earlier frame is kept in the run folder; lower the learning rate or check "
+            "the inputs (pose estimates, masks, video frames) of this frame."
+        )
+
+
 def object_moves(object_poses: np.ndarray, threshold: float) -> np.ndarray:
     """(S,) whether each seed's object moves: some entry of its pose (rotation entries, translation
     in metres) changes by more than `threshold` between frames. A static object gets eq. S4's
@@ -645,6 +659,7 @@ def fit_one_frame(run: _Run, prev: FrameState, t: int, raster: RasterConfig, *, 
     hsi_s = time.perf_counter() - began
     hsi_losses = run.real(fit.losses)
     _first_bad("HSI fit", t, hsi_losses, run.real(fit.terms))
+    _nonfinite_fit("HSI fit", t, run.real({"human": fit.state.human, "object": fit.state.object}))
     return FrameStep(fit.state, camera_losses, hsi_losses, camera_s, hsi_s, raster)
 
 
@@ -712,6 +727,7 @@ def fit_frames_in_parallel(run: _Run, fitted: Fitted) -> Fitted:
     # The fit came back for the real seeds only (`_hsi_run`): padded again, as every other state.
     fit_losses = np.asarray(fit.losses)
     _first_bad("HSI fit (frame-parallel)", first, fit_losses, jax.tree.map(np.asarray, fit.terms))
+    _nonfinite_fit("HSI fit (frame-parallel)", first, {"human": fit.state.human, "object": fit.state.object})
     fit_states = run.padded(fit.state)
     out = list(states[:first])
     hsi_losses = list(fitted.losses["hsi"])
