@@ -6,6 +6,8 @@ Environment flags:
 - ZEROHSI_REQUIRE_PEERS=1 (set by .ci/run, which installs the peers): a skip of a `torch`-marked
   test (a peer comparison, a converter) is a failure.
 - ZEROHSI_REQUIRE_GPU=1 (for the GPU suite): a skip of a `cuda`-marked test is a failure.
+- ZEROHSI_TEST_FULL_OPT=1: compile at XLA's default backend optimisation level rather than at level 0
+  (see `_fast_compiles`).
 - ZEROHSI_TEST_XLA_CACHE: a folder for XLA's compiled programs that outlives the session (default: a
   fresh one per session, shared by the session's pytest-xdist workers, so that a program compiled
   again, after the memory-map release between modules, in another module or in the other worker,
@@ -87,6 +89,24 @@ else:
 if CUDA_AVAILABLE:
     # Grow GPU memory as needed rather than reserving 75% of it at start (XLA's default).
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+
+
+
+def _fast_compiles() -> None:
+    """Compile the session's programs with LLVM at level 0 (XLA_FLAGS, which the test's child
+    processes inherit). The suite compiles far more than it runs (in one pipeline test 99 s of
+    XLA compilation to a few seconds of execution), and most of a CPU compilation is LLVM
+    optimising machine code: the HSI lever tests took 396 -> 280 s. The HLO, its fusions and its
+    buffers are XLA's at either level and LLVM does not reassociate floating point without fast
+    math (off), so values agree to round-off (fused multiply-adds; experiments/bench/cost_model.py
+    measured one pair in 1.8M at the paper's scale). An XLA_FLAGS that sets the level is kept;
+    ZEROHSI_TEST_FULL_OPT=1 runs the suite at XLA's default."""
+    flags = os.environ.get("XLA_FLAGS", "")
+    if not _flag("ZEROHSI_TEST_FULL_OPT") and "xla_backend_optimization_level" not in flags:
+        os.environ["XLA_FLAGS"] = (flags + " --xla_backend_optimization_level=0").strip()
+
+
+_fast_compiles()
 
 import jax  # noqa: E402
 

@@ -34,7 +34,8 @@ TIMEOUT_S = 1200
 
 def _env() -> dict:
     root = str(Path(__file__).resolve().parents[1])
-    return dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=4",
+    flags = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4").strip()  # conftest's kept
+    return dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=flags,
                 ZEROHSI_TEST_XLA_CACHE=jax.config.jax_compilation_cache_dir,
                 PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
 
