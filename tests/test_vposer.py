@@ -268,8 +268,10 @@ def test_decode_gives_rotations_and_consistent_axis_angles(vposer):
     np.testing.assert_allclose(np.linalg.det(rot), 1.0, atol=1e-5)
     np.testing.assert_allclose(np.asarray(axis_angle_to_matrix(decoded.pose_body)), rot, atol=1e-5)
     # Unbatched latents give unbatched poses; (B, 21, 3) poses encode like (B, 63).
+    # Eager against jitted: other programs, so float32 round-off (through the matrix-to-axis-angle
+    # conversion, up to 2e-6 at LLVM's optimisation level 0), far below any batching mix-up.
     single = vposer.decode(latents[0])
-    np.testing.assert_allclose(np.asarray(single.pose_body), np.asarray(decoded.pose_body[0]), atol=1e-6)
+    np.testing.assert_allclose(np.asarray(single.pose_body), np.asarray(decoded.pose_body[0]), atol=1e-5)
     poses = decoded.pose_body
     mu_a, std_a = vposer.encode(poses)
     mu_b, _ = vposer.encode(poses.reshape(4, 63))
