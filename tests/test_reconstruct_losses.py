@@ -8,7 +8,7 @@ import pytest
 
 from zerohsi_jax.reconstruct import losses
 from zerohsi_jax.reconstruct.config import LossWeights, ReconstructConfig
-from zerohsi_jax.reconstruct.gated_optim import after, every, labelled_adam
+from zerohsi_jax.reconstruct.gated_optim import after, batched_with, every, labelled_adam, scan_minimize
 from zerohsi_jax.reconstruct.losses import HSI_TERMS, Objective
 
 
@@ -157,6 +157,45 @@ def test_gated_adam_keeps_its_state_while_frozen():
     assert int(adam_state(state, "a").count) == sum(active["a"](i) for i in range(steps)) == 7
     assert int(adam_state(state, "b").count) == sum(active["b"](i) for i in range(steps)) == 3
     assert int(state.inner_states["a"].inner_state.count) == steps  # the gate itself counts every step
+
+
+def test_scan_minimize_starts_with_its_carry_batched_and_the_same_values():
+    """Under vmap, `batched_with` batches a fresh optimiser state and unbatched parameters up front
+    (so that `lax.scan`'s batching needs no second pass) without changing a value (NaN included)
+    or batching the gates' integer step counts; the minimisation gives what each seed gives
+    alone."""
+    opt = optax.multi_transform(labelled_adam({"a": 0.1, "b": 0.05}, {"b": lambda o: every(o, 2)}),
+                                {"a": "a", "b": "b"})
+    targets = jnp.asarray([[1.0, -2.0, 0.5], [3.0, 0.0, -1.0]])
+
+    def fit(target):
+        params = {"a": target * 0.5, "b": jnp.zeros(3)}  # "b" starts as an unbatched constant
+        loss = lambda p: (jnp.sum((p["a"] - target) ** 2) + jnp.sum((p["b"] + target) ** 2), None)  # noqa: E731
+        return scan_minimize(loss, params, opt, 6).params
+
+    together = jax.vmap(fit)(targets)
+    for s in range(2):
+        alone = fit(targets[s])
+        for k in ("a", "b"):
+            np.testing.assert_array_equal(np.asarray(together[k][s]), np.asarray(alone[k]))
+
+    def marked(target):
+        params = {"a": target, "b": jnp.asarray([0.0, jnp.nan, jnp.inf])}
+        return batched_with(params, (params, opt.init(params)))
+
+    params, state = jax.vmap(marked)(targets)
+    np.testing.assert_array_equal(np.asarray(params["b"]), [[0.0, np.nan, np.inf]] * 2)
+    # The unbatched constants came out batched inside vmap: returning them unbatched is refused.
+    with pytest.raises(ValueError):
+        jax.vmap(lambda t: marked(t)[0]["b"], out_axes=None)(targets)
+    with pytest.raises(ValueError):
+        jax.vmap(lambda t: marked(t)[1].inner_states["b"].inner_state.inner[0].mu["b"], out_axes=None)(targets)
+    # ... and the gates' step counts did not.
+    count = jax.vmap(lambda t: marked(t)[1].inner_states["b"].inner_state.count, out_axes=None)(targets)
+    assert int(count) == 0
+    # Outside vmap, nothing changes.
+    same = batched_with({"x": jnp.ones(2)}, {"y": jnp.asarray([jnp.nan, 2.0])})
+    np.testing.assert_array_equal(np.asarray(same["y"]), [np.nan, 2.0])
 
 
 def test_configs_carry_the_paper_numbers_and_hash():
