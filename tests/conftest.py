@@ -91,7 +91,6 @@ if CUDA_AVAILABLE:
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 
-
 def _fast_compiles() -> None:
     """Compile the session's programs with LLVM at level 0 (XLA_FLAGS, which the test's child
     processes inherit). The suite compiles far more than it runs (in one pipeline test 99 s of

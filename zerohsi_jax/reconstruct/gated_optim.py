@@ -120,13 +120,13 @@ def batched_with(anchor, tree):
     """`tree` with the same values, its floating-point leaves batched wherever any floating-point
     leaf of `anchor` is (under `vmap`); outside `vmap`, or with no batched anchor, unchanged.
 
-    Why: a fresh Adam state's moments (`zeros_like`), the object's zero start and the held network outputs are unbatched
-    constants under the seeds' vmap, and become batched after one step. `lax.scan`'s batching rule
-    finds that out by batching the whole step again (a fixpoint; the HSI step is ~10k equations),
-    so marking them batched up front saves one pass of the trace: 13.3 -> 10.7 s for the tiny demo's
-    HSI program. `where(True, leaf, anchor)` is `leaf` exactly (NaN included), and XLA folds it
-    away. Integer leaves (the gates' step counts) are left alone: a batched count would turn the
-    gates' branches into selects of both."""
+    Why: a fresh Adam state's moments (`zeros_like`), the object's zero start and the held network
+    outputs are unbatched constants under the seeds' vmap, and become batched after one step.
+    `lax.scan`'s batching rule finds that out by batching the whole step again (a fixpoint; the
+    HSI step is ~10k equations), so marking them batched up front saves one pass of the trace:
+    13.3 -> 10.7 s for the tiny demo's HSI program. `where(True, leaf, anchor)` is `leaf` exactly
+    (NaN included), and XLA folds it away. Integer leaves (the gates' step counts) are left alone:
+    a batched count would turn the gates' branches into selects of both."""
     floats = [x for x in jax.tree.leaves(anchor) if _is_float(x) and x.size > 0]
     if not floats:
         return tree
