@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import NamedTuple
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import optax
@@ -127,19 +128,16 @@ def batched_with(anchor, tree):
     13.3 -> 10.7 s for the tiny demo's HSI program. `where(True, leaf, anchor)` is `leaf` exactly
     (NaN included), and XLA folds it away. Integer leaves (the gates' step counts) are left alone:
     a batched count would turn the gates' branches into selects of both."""
-    floats = [x for x in jax.tree.leaves(anchor) if _is_float(x) and x.size > 0]
+    floats = [x for x in jax.tree.leaves(anchor) if eqx.is_inexact_array(x) and x.size > 0]
     if not floats:
         return tree
     # One scalar that depends on every anchor leaf: batched if any of them is.
     scalar = sum(jnp.ravel(x)[0].astype(jnp.float32) for x in floats)
 
     def mark(leaf):
-        if not _is_float(leaf):
+        if not eqx.is_inexact_array(leaf):
             return leaf
         return jnp.where(True, leaf, scalar.astype(leaf.dtype))
 
     return jax.tree.map(mark, tree)
 
-
-def _is_float(x) -> bool:
-    return isinstance(x, jax.Array | jnp.ndarray) and jnp.issubdtype(x.dtype, jnp.floating)
